@@ -1,0 +1,3 @@
+from bifamily.cli import main
+
+main()

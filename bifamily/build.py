@@ -1,0 +1,169 @@
+"""Build every component of a recipe and check that they agree with each other.
+
+Components are built from their own configs with a :class:`BuildContext`; the trainer receives the
+built objects, never the recipe. Every disagreement (latent dims, resolutions, channels, scores the
+loss needs) is reported at once as a recipe error naming the keys on both sides.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from bifamily.context import BuildContext
+from bifamily.errors import BifamilyError, RecipeError
+from bifamily.interfaces import Encoder, Generator, JointDiscriminator, LatentPrior, Loss, Scores
+from bifamily.recipe import Recipe
+
+
+@attrs.define
+class Model:
+    """The built components of a run."""
+
+    context: BuildContext
+    prior: LatentPrior
+    generator: Generator
+    encoder: Encoder
+    discriminator: JointDiscriminator
+    loss: Loss
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator, "encoder": self.encoder, "discriminator": self.discriminator}
+
+    def parameter_counts(self) -> dict[str, int]:
+        counts = {name: count_parameters(module) for name, module in self.modules().items()}
+        counts["encoder.backbone"] = count_parameters(self.encoder.backbone)
+        counts["encoder.head"] = count_parameters(self.encoder.head)
+        return counts
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def make_context(recipe: Recipe, device: torch.device | str = "cpu", **overrides: Any) -> BuildContext:
+    data = recipe.components["data"]
+    return BuildContext(
+        resolution=data.resolution,
+        channels=data.channels,
+        latent_dim=recipe.components["prior"].dim,
+        encoder_resolution=getattr(data, "encoder_resolution", None),
+        device=torch.device(device),
+        **overrides,
+    )
+
+
+def _build(recipe: Recipe, kind: str, *args: Any) -> Any:
+    config = recipe.components[kind]
+    try:
+        return config.build(*args)
+    except BifamilyError:
+        raise
+    except Exception as exc:  # a plugin's own failure: name the component, keep it one line
+        name = recipe.kinds[kind]
+        raise RecipeError([f"$.{kind}: building {kind} {name!r} failed: {type(exc).__name__}: {exc}"]) from exc
+
+
+def build_model(recipe: Recipe, ctx: BuildContext) -> Model:
+    """Build the model components with the run seed, so the same recipe always gives the same weights."""
+    torch.manual_seed(recipe.run.seed)
+    problems: list[str] = []
+    built: dict[str, Any] = {}
+    for kind in ("prior", "generator", "encoder", "discriminator", "loss"):
+        try:
+            built[kind] = _build(recipe, kind, ctx)
+        except RecipeError as exc:
+            problems.extend(exc.problems)
+    if "encoder" in built:
+        try:
+            head = _build(recipe, "posterior", ctx, built["encoder"].feature_dim)
+            built["encoder"] = Encoder(built["encoder"], head)
+        except RecipeError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise RecipeError(problems, source=recipe.source)
+    model = Model(context=ctx, **built)
+    problems = declared_mismatches(model) or dry_run_mismatches(model)
+    if problems:
+        raise RecipeError(problems, source=recipe.source)
+    return model
+
+
+def declared_mismatches(model: Model) -> list[str]:
+    """Compare what each module declares with the context it was built from."""
+    ctx = model.context
+    expected = {
+        "latent_dim": (ctx.latent_dim, "$.prior.dim"),
+        "resolution": (ctx.resolution, "$.data.resolution"),
+        "channels": (ctx.channels, "$.data.channels"),
+    }
+    encoder_expected = {
+        "latent_dim": (ctx.latent_dim, "$.prior.dim"),
+        "resolution": (ctx.encoder_input_resolution, "$.data.encoder_resolution"),
+    }
+    problems = []
+    if model.prior.dim != ctx.latent_dim:
+        problems.append(f"$.prior: samples {model.prior.dim}-d latents but $.prior.dim is {ctx.latent_dim}")
+    checks = [
+        ("generator", model.generator, expected),
+        ("discriminator", model.discriminator, expected),
+        ("encoder", model.encoder, encoder_expected),
+    ]
+    for kind, module, wanted in checks:
+        for attribute, (value, key) in wanted.items():
+            declared = getattr(module, attribute, None)
+            if declared is not None and declared != value:
+                problems.append(f"$.{kind}: built for {attribute} {declared} but {key} is {value}")
+    return problems
+
+
+@torch.no_grad()
+def dry_run_mismatches(model: Model) -> list[str]:
+    """Push a batch of two through every module (eval mode, so no state changes) and check shapes."""
+    ctx = model.context
+    n = 2
+    modules = model.modules()
+    was_training = {name: module.training for name, module in modules.items()}
+    for module in modules.values():
+        module.eval()
+    problems: list[str] = []
+    try:
+        z = model.prior.sample(n)
+        x = model.generator(z)
+        want = (n, ctx.channels, ctx.resolution, ctx.resolution)
+        if tuple(x.shape) != want:
+            problems.append(f"$.generator: produced images of shape {tuple(x.shape)}, expected {want} from $.data")
+            return problems
+        x_e = torch.zeros(n, ctx.channels, ctx.encoder_input_resolution, ctx.encoder_input_resolution)
+        z_hat = model.encoder(x_e).sample()
+        if tuple(z_hat.shape) != (n, ctx.latent_dim):
+            problems.append(f"$.posterior: produced latents of shape {tuple(z_hat.shape)}, expected {(n, ctx.latent_dim)} ($.prior.dim)")
+            return problems
+        scores = model.discriminator(x, z)
+        problems.extend(_score_problems(scores, n, model.loss))
+    except Exception as exc:  # report, never crash: the recipe is what is wrong
+        problems.append(f"$: the components do not fit together: {type(exc).__name__}: {exc}")
+    finally:
+        for name, module in modules.items():
+            module.train(was_training[name])
+    return problems
+
+
+def _score_problems(scores: Any, n: int, loss: Loss) -> list[str]:
+    if not isinstance(scores, Scores):
+        return [f"$.discriminator: must return bifamily.interfaces.Scores, returned {type(scores).__name__}"]
+    problems = []
+    for name, value in scores.present().items():
+        if tuple(value.shape) != (n,):
+            problems.append(f"$.discriminator: score {name} has shape {tuple(value.shape)}, expected ({n},)")
+    present = scores.present()
+    for name in getattr(loss, "required_scores", ()):
+        if name not in present:
+            problems.append(
+                f"$.loss: needs score {name} but $.discriminator does not produce it "
+                "(enable its unary heads, or set the loss weight of that term to 0)"
+            )
+    return problems
