@@ -86,9 +86,13 @@ def run_training(prepared: Prepared, run_dir: Path, *, resume: bool, progress: b
     state = make_state(recipe, model, prepared.train_data)
     trainer = Trainer(recipe, state, run_dir, progress=progress)
     if resume:
-        if trainer.checkpoints.latest() is None:
-            raise CheckpointError(f"--resume: no complete checkpoint in {run_dir / 'checkpoints'}")
-        step = trainer.resume()  # verifies the checkpoint before anything is appended
+        latest = trainer.checkpoints.latest()
+        if latest is None:
+            damaged = sorted((run_dir / "checkpoints").glob("step-*"))
+            if not damaged:
+                raise CheckpointError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
+            latest = damaged[-1]  # restoring it raises the error that names the damaged file
+        step = trainer.resume(latest)  # verifies the checkpoint before anything is appended
         print(f"resumed {run_dir} at step {step}", file=sys.stderr)
     else:
         RunWriter(run_dir).create(recipe.to_dict())

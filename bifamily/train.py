@@ -184,12 +184,9 @@ class Trainer:
             self.state.step, self.state.snapshot_modules(), self.state.optimizers(), metadata, extra
         )
 
-    def resume(self) -> int:
-        """Load the latest checkpoint into the state; returns the step it was taken at."""
-        latest = self.checkpoints.latest()
-        if latest is None:
-            return 0
-        step, extra = restore(latest, self.state.snapshot_modules(), self.state.optimizers())
+    def resume(self, checkpoint: Path) -> int:
+        """Load a checkpoint folder into the state; returns the step it was taken at."""
+        step, extra = restore(checkpoint, self.state.snapshot_modules(), self.state.optimizers())
         self.state.step = step
         self.state.stream.load_state(extra["data"])
         self.writer.truncate_after(step)
