@@ -1,0 +1,132 @@
+"""Joint discriminator D(x, z) at DCGAN scale: BiGAN/ALI's image, latent and joint paths."""
+
+from __future__ import annotations
+
+import attrs
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from bifamily.config import in_range, option, positive
+from bifamily.context import BuildContext
+from bifamily.interfaces import JointDiscriminator, Scores
+
+from .stages import BOTTOM, stride2_stages, widths
+
+
+class DCGANJointDiscriminator(JointDiscriminator):
+    """F(x): [Conv 4x4 s2, LeakyReLU(0.2), Dropout]* down to 4x4, flattened; H(z): 2-layer MLP;
+    J: 2-layer MLP on [F(x), H(z)]. s_xz = linear(J), and with ``unary`` s_x = linear(F(x)),
+    s_z = linear(H(z)) as in BigBiGAN. No batch norm, so real and fake pairs may share a batch.
+    """
+
+    has_batch_statistics = False
+
+    def __init__(
+        self,
+        latent_dim: int,
+        resolution: int,
+        channels: int,
+        ch: int,
+        max_ch: int,
+        z_width: int,
+        joint_width: int,
+        dropout: float,
+        unary: bool,
+        normalise: bool,
+    ):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.resolution = resolution
+        self.channels = channels
+        stages = stride2_stages(resolution, component="discriminator", key="$.data.resolution")
+        hidden = widths(ch, max_ch, stages)
+
+        def layer(module: nn.Module) -> nn.Module:
+            return spectral_norm(module) if normalise else module
+
+        def activation() -> list[nn.Module]:
+            return [nn.LeakyReLU(0.2)] + ([nn.Dropout(dropout)] if dropout else [])
+
+        convs: list[nn.Module] = []
+        for width_in, width_out in zip([channels, *hidden], hidden):
+            convs += [layer(nn.Conv2d(width_in, width_out, 4, stride=2, padding=1)), *activation()]
+        self.image_path = nn.Sequential(*convs, nn.Flatten())
+        image_dim = hidden[-1] * BOTTOM * BOTTOM
+        self.latent_path = nn.Sequential(
+            layer(nn.Linear(latent_dim, z_width)),
+            *activation(),
+            layer(nn.Linear(z_width, z_width)),
+            *activation(),
+        )
+        self.joint_path = nn.Sequential(
+            layer(nn.Linear(image_dim + z_width, joint_width)),
+            *activation(),
+            layer(nn.Linear(joint_width, joint_width)),
+            *activation(),
+            layer(nn.Linear(joint_width, 1)),
+        )
+        self.image_score = layer(nn.Linear(image_dim, 1)) if unary else None
+        self.latent_score = layer(nn.Linear(z_width, 1)) if unary else None
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> Scores:
+        fx = self.image_path(x)
+        hz = self.latent_path(z)
+        s_xz = self.joint_path(torch.cat([fx, hz], dim=1)).squeeze(1)
+        if self.image_score is None or self.latent_score is None:
+            return Scores(s_x=None, s_z=None, s_xz=s_xz)
+        s_x = self.image_score(fx).squeeze(1)
+        s_z = self.latent_score(hz).squeeze(1)
+        return Scores(s_x=s_x, s_z=s_z, s_xz=s_xz)
+
+
+@attrs.frozen
+class DCGANDiscriminatorConfig:
+    """Joint discriminator for BiGAN/ALI/BigBiGAN at DCGAN scale (any power-of-two resolution >= 8).
+
+    The image path is the DCGAN discriminator without batch norm; with ``unary`` it also scores x
+    and z on their own (BigBiGAN's s_x and s_z), otherwise only the joint score s_xz (BiGAN, ALI).
+    """
+
+    ch: int = option(
+        64, help="Width of the first conv layer; doubles up to max_ch.", validator=positive
+    )
+    max_ch: int = option(512, help="Cap on every conv width.", validator=positive)
+    z_width: int = option(
+        512, help="Width of both layers of the latent path H(z).", validator=positive
+    )
+    joint_width: int = option(
+        1024,
+        help="Width of both hidden layers of the joint path J(F(x), H(z)).",
+        validator=positive,
+    )
+    dropout: float = option(
+        0.0,
+        help="Dropout rate after every hidden layer, in training mode only (ALI uses 0.2).",
+        validator=in_range(0.0, 0.99),
+    )
+    unary: bool = option(
+        True,
+        help=(
+            "Also produce the unary scores s_x and s_z (linear heads on F(x) and H(z)) for the "
+            "BigBiGAN loss; false gives only s_xz, the plain BiGAN/ALI discriminator."
+        ),
+    )
+    spectral_norm: bool = option(
+        True,
+        help="Spectral normalisation of every conv and linear layer (a power iteration per call).",
+    )
+
+    def build(self, ctx: BuildContext) -> DCGANJointDiscriminator:
+        return DCGANJointDiscriminator(
+            ctx.latent_dim,
+            ctx.resolution,
+            ctx.channels,
+            ch=self.ch,
+            max_ch=self.max_ch,
+            z_width=self.z_width,
+            joint_width=self.joint_width,
+            dropout=self.dropout,
+            unary=self.unary,
+            normalise=self.spectral_norm,
+        )
