@@ -207,15 +207,15 @@ def test_generator_and_encoder_make_their_batch_norm_through_the_context() -> No
 
     ctx = context(64, batch_norm=recording_batch_norm)
     G = DCGANGeneratorConfig(ch=4, max_ch=16).build(ctx)
-    # 4x4 map at min(4 * 8, 16), then 16, 8, 4 on the way up to 32x32; 64x64 is the output layer.
-    assert made == [(16, True), (16, True), (8, True), (4, True)]
+    # 4x4 map at min(4 * 8, 16), then 16, 8, 4 on the way up to 32x32, and 4 again at 64x64.
+    assert made == [(16, True), (16, True), (8, True), (4, True), (4, True)]
     made.clear()
     E = DCGANEncoderConfig(ch=4, max_ch=16).build(ctx)
     # Widths 4 (no batch norm on the input layer), 8, 16, 16 down to 4x4.
     assert made == [(8, True), (16, True), (16, True)]
     for module in (G, E):
         norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        assert len(norms) == (4 if module is G else 3)
+        assert len(norms) == (5 if module is G else 3)
         assert all(norm.num_batches_tracked == 0 for norm in norms)
         module(torch.randn(2, LATENT) if module is G else seeded_images(2, 3, 64))
         assert all(norm.num_batches_tracked == 1 for norm in norms)
