@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 an unexpected internal error (a bug: the traceback is p
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -15,7 +16,7 @@ import click
 import tomli_w
 
 from bifamily import __version__
-from bifamily.errors import BifamilyError
+from bifamily.errors import BifamilyError, RecipeError
 from bifamily.plugins import KINDS, PluginSet, default_plugins
 from bifamily.recipe import Recipe, load
 
@@ -81,8 +82,23 @@ def main() -> None:
 @click.option("--resume", is_flag=True, help="Continue the run in --out (or the latest run of this recipe) from its latest checkpoint.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved recipe and exit.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on when stderr is a terminal).")
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Train on N processes of this machine (one per GPU; gloo on CPU), started by torchrun "
+    "(torch.distributed.run). Several machines: start torchrun yourself (docs/distributed.md).",
+)
 @_guarded
-def run(recipe: str, overrides: tuple[str, ...], out: str | None, resume: bool, dry_run: bool, progress: bool | None) -> None:
+def run(
+    recipe: str,
+    overrides: tuple[str, ...],
+    out: str | None,
+    resume: bool,
+    dry_run: bool,
+    progress: bool | None,
+    nproc: int | None,
+) -> None:
     """Train the model a RECIPE describes.
 
     \b
@@ -90,23 +106,65 @@ def run(recipe: str, overrides: tuple[str, ...], out: str | None, resume: bool, 
       bifamily run recipes/quickstart.toml
       bifamily run recipes/bigan.toml --set optim.d_lr=2e-4 --set run.steps=200 --out runs/bigan
       bifamily run recipes/bigan.toml --out runs/bigan --resume
+      bifamily run recipes/bigbigan.toml --nproc 8
+      torchrun --nproc-per-node=8 -m bifamily run recipes/bigbigan.toml
     """
+    from bifamily import distributed
     from bifamily.session import choose_run_dir, prepare, run_training
 
     resolved = _load(recipe, overrides)
     if dry_run:
         click.echo(tomli_w.dumps(resolved.to_dict()), nl=False)
         return
-    prepared = prepare(resolved)
-    run_dir = choose_run_dir(resolved, out, resume)
     show_progress = sys.stderr.isatty() if progress is None else progress
-    report = run_training(prepared, run_dir, resume=resume, progress=show_progress)
+    if nproc is not None and nproc > 1:
+        _launch(resolved, recipe, overrides, out, resume, show_progress, nproc)
+        return
+    world = distributed.world_from_environment(resolved.run.device)
+    with distributed.joined(world, resolved.train.collective_timeout_s):
+        prepared = prepare(resolved, world)
+        run_dir = world.on_main(lambda: choose_run_dir(resolved, out, resume))
+        report = run_training(prepared, run_dir, resume=resume, world=world, progress=show_progress)
+    if not world.is_main:
+        return
     click.echo(f"run directory: {report['run_dir']}")
     if "probe_top1" in report:
         click.echo(
             f"linear probe top-1 on held-out images: EMA encoder {100 * report['probe_top1']:.1f}% "
             f"vs the same encoder at initialisation {100 * report['probe_top1_init']:.1f}%"
         )
+
+
+def _launch(
+    resolved: Recipe,
+    recipe: str,
+    overrides: tuple[str, ...],
+    out: str | None,
+    resume: bool,
+    progress: bool,
+    nproc: int,
+) -> None:
+    """``run --nproc N``: check what can be checked here, choose the run directory, hand over to torchrun."""
+    from bifamily import distributed
+    from bifamily.session import choose_run_dir
+
+    if distributed.launched_by_torchrun():
+        raise BifamilyError("--nproc: this process was started by torchrun already; drop --nproc")
+    device = distributed.resolve_device(resolved.run.device, local_rank=nproc - 1, world_size=nproc)
+    problems = distributed.config_problems(resolved.train, nproc, device)
+    if problems:
+        raise RecipeError(problems, source=resolved.source)
+    run_dir = choose_run_dir(resolved, out, resume)
+    command = ["run", recipe, *(arg for o in overrides for arg in ("--set", o)), "--out", str(run_dir)]
+    arguments = [*command, "--progress" if progress else "--no-progress", *(["--resume"] if resume else [])]
+    try:
+        distributed.launch(nproc, arguments)
+    except distributed.RankFailed as exc:
+        click.echo(f"error: {exc}", err=True)
+        if (run_dir / "checkpoints" / "latest").exists():
+            again = shlex.join(["bifamily", *command, "--resume", "--nproc", str(nproc)])
+            click.echo(f"error: continue from the last checkpoint: {again}", err=True)
+        sys.exit(EXIT_BAD_INPUT if exc.exitcode == EXIT_BAD_INPUT else 1)
 
 
 @main.command()

@@ -1,13 +1,15 @@
-"""A resumable stream of training batches.
+"""A resumable stream of training batches, and how each global batch is split over ranks and micro-steps.
 
 The order of each epoch is a permutation drawn from (seed, epoch) alone, and the stream's position is
-(epoch, batch index), so a resumed run sees exactly the batches an uninterrupted run would have.
+(epoch, global batch index), so a resumed run sees exactly the batches an uninterrupted run would have,
+whatever the number of ranks before and after.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
+import attrs
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -28,28 +30,75 @@ def fetch(dataset: Dataset, indices: list[int]) -> list[tuple[torch.Tensor, int]
     return [dataset[i] for i in indices]
 
 
+@attrs.frozen
+class BatchLayout:
+    """Which rows of a global batch this rank computes, and in which micro-step.
+
+    A global batch of ``batch_size`` rows is processed in ``accumulation`` sequential micro-steps of
+    ``batch_size / accumulation`` rows each, spread evenly over the ranks:
+
+        global row = (micro_step * world_size + rank) * micro_batch + i,   0 <= i < micro_batch
+
+    So each micro-step covers the same rows whatever the world size: cross-replica batch norm sees
+    the same samples on 1 rank or on 8, and only ``accumulation`` changes batch statistics.
+    """
+
+    batch_size: int
+    accumulation: int = 1
+    world_size: int = 1
+    rank: int = 0
+
+    @property
+    def micro_batch(self) -> int:
+        """Rows per rank per micro-step."""
+        return self.batch_size // (self.accumulation * self.world_size)
+
+    def rows(self) -> list[int]:
+        """This rank's global rows, micro-step by micro-step."""
+        m, w = self.micro_batch, self.world_size
+        return [(j * w + self.rank) * m + i for j in range(self.accumulation) for i in range(m)]
+
+    def local(self, global_batch: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a tensor holding the whole global batch, shaped (accumulation, micro_batch, ...)."""
+        rest = global_batch.shape[1:]
+        split = global_batch.reshape(self.accumulation, self.world_size, self.micro_batch, *rest)
+        return split[:, self.rank]
+
+
 class _Batches(torch.utils.data.Sampler):
-    def __init__(self, order: list[int], batch_size: int, start: int):
-        self.order, self.batch_size, self.start = order, batch_size, start
+    def __init__(self, order: list[int], batch_size: int, start: int, rows: Sequence[int]):
+        self.order, self.batch_size, self.start, self.rows = order, batch_size, start, rows
 
     def __len__(self) -> int:
         return len(self.order) // self.batch_size - self.start
 
     def __iter__(self) -> Iterator[list[int]]:
         for b in range(self.start, len(self.order) // self.batch_size):
-            yield self.order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield [self.order[b * self.batch_size + row] for row in self.rows]
 
 
 class BatchStream:
-    """Endless iterator of (images, labels) batches with a saveable position. Drops ragged batches."""
+    """Endless iterator of (images, labels) batches with a saveable position. Drops ragged batches.
 
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int, num_workers: int = 0):
+    Each item holds the ``rows`` of one global batch of ``batch_size`` (all of it by default): a rank
+    loads only its share, and the position counts global batches, so it means the same on any world size.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        seed: int,
+        num_workers: int = 0,
+        rows: Sequence[int] | None = None,
+    ):
         if len(dataset) < batch_size:
             raise ValueError(f"data set has {len(dataset)} images, fewer than one batch of {batch_size}")
         self.dataset = dataset
         self.batch_size = batch_size
         self.seed = seed
         self.num_workers = num_workers
+        self.rows = list(range(batch_size)) if rows is None else list(rows)
         self.epoch = 0
         self.batch = 0
         self._iterator: Iterator | None = None
@@ -69,7 +118,7 @@ class BatchStream:
     def _start_epoch(self) -> Iterator:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(self.epoch)
-        sampler = _Batches(self._order(), self.batch_size, self.batch)
+        sampler = _Batches(self._order(), self.batch_size, self.batch, self.rows)
         if self.num_workers == 0:
             return (collate(fetch(self.dataset, indices)) for indices in sampler)
         return iter(

@@ -40,10 +40,35 @@ class RunConfig:
 class TrainConfig:
     """[train]: the shape of one training iteration."""
 
-    batch_size: int = option(64, help="Images per update (each D step and the G/E step draw a fresh batch).", validator=positive)
+    batch_size: int = option(
+        64,
+        help="Global images per update, summed over all ranks (each D step and the G/E step draw a fresh batch). "
+        "Must be a multiple of accumulation x the number of ranks.",
+        validator=positive,
+    )
+    accumulation: int = option(
+        1,
+        help="Micro-steps per update (gradient accumulation): each rank computes batch_size / (accumulation x "
+        "ranks) images at a time. Batch norm in G and E normalises over the batch_size / accumulation images "
+        "of a micro-step, on any number of ranks.",
+        validator=positive,
+    )
     d_steps: int = option(2, help="Discriminator updates before each joint generator+encoder update.", validator=positive)
-    precision: str = option("fp32", help="'fp32', or 'bf16' autocast (CPU and CUDA).", validator=one_of("fp32", "bf16"))
-    num_workers: int = option(0, help="Data-loader worker processes (0 = load in the training process).", validator=non_negative)
+    precision: str = option(
+        "fp32",
+        help="'fp32'; 'bf16' autocast (CPU and CUDA); or 'fp16' autocast with dynamic loss scaling (CUDA only). "
+        "Spectral norm's power iteration always runs in fp32.",
+        validator=one_of("fp32", "bf16", "fp16"),
+    )
+    channels_last: bool = option(False, help="Keep images and conv weights in NHWC memory layout (faster convs on tensor cores and oneDNN).")
+    compile: bool = option(False, help="torch.compile the G+E and D step modules (slow first steps, faster after).")
+    num_workers: int = option(0, help="Data-loader worker processes per rank (0 = load in the training process).", validator=non_negative)
+    collective_timeout_s: int = option(
+        900,
+        help="Distributed runs: seconds a rank waits in a collective (all-reduce, barrier) before the job fails; "
+        "covers rank 0 writing a checkpoint while the others wait.",
+        validator=positive,
+    )
 
 
 @attrs.frozen

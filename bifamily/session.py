@@ -2,6 +2,8 @@
 
 Everything that can fail because of user input (recipe, plugins, data paths, checkpoints) is checked
 before the run directory is created, so a bad recipe never leaves a half-written run behind.
+Each rank of a distributed run goes through the same functions with its :class:`World`; rank 0 alone
+creates the run directory, writes to it and runs the final evaluation.
 """
 
 from __future__ import annotations
@@ -13,23 +15,17 @@ from typing import Any
 import attrs
 import torch
 
+from bifamily.batchnorm import batch_norm_for
 from bifamily.build import Model, build_model, make_context
-from bifamily.errors import BifamilyError, CheckpointError, DataError
+from bifamily.distributed import World, config_problems, resolve_device
+from bifamily.errors import BifamilyError, CheckpointError, DataError, RecipeError
 from bifamily.evaluation.features import extract_features
 from bifamily.evaluation.probe import linear_probe
 from bifamily.plugins import PluginSet
+from bifamily.precision import spectral_norm_in_fp32
 from bifamily.recipe import Recipe
 from bifamily.rundir import RunWriter, latest_run_dir, new_run_dir
 from bifamily.train import RECON_SIZE, Trainer, make_state
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BifamilyError(f"$.run.device is {name!r} but CUDA is not available on this machine")
-    return device
 
 
 @attrs.define
@@ -40,10 +36,19 @@ class Prepared:
     test_data: Any
 
 
-def prepare(recipe: Recipe) -> Prepared:
-    """Build every component and open both data splits; raises before anything is written."""
-    device = resolve_device(recipe.run.device)
-    ctx = make_context(recipe, device)
+def prepare(recipe: Recipe, world: World | None = None) -> Prepared:
+    """Build every component for this process of ``world`` (default: one process on ``run.device``)
+    and open both data splits; raises before anything is written.
+
+    In a world of several ranks, G and E get cross-replica batch norm through ``ctx.batch_norm``.
+    """
+    if world is None:
+        world = World(device=resolve_device(recipe.run.device))
+    device = world.device
+    problems = config_problems(recipe.train, world.size, device)
+    if problems:
+        raise RecipeError(problems, source=recipe.source)
+    ctx = make_context(recipe, device, batch_norm=batch_norm_for(device, world.size))
     model = build_model(recipe, ctx)
     data_config = recipe.components["data"]
     try:
@@ -60,6 +65,9 @@ def prepare(recipe: Recipe) -> Prepared:
         )
     for module in model.modules().values():
         module.to(device)
+        spectral_norm_in_fp32(module)
+        if recipe.train.channels_last:
+            module.to(memory_format=torch.channels_last)
     return Prepared(recipe, model, train_data, test_data)
 
 
@@ -81,10 +89,12 @@ def choose_run_dir(recipe: Recipe, out: str | None, resume: bool) -> Path:
     return new_run_dir(root, recipe.run.name)
 
 
-def run_training(prepared: Prepared, run_dir: Path, *, resume: bool, progress: bool = True) -> dict[str, Any]:
+def run_training(
+    prepared: Prepared, run_dir: Path, *, resume: bool, world: World = World(), progress: bool = True
+) -> dict[str, Any]:
     recipe, model = prepared.recipe, prepared.model
-    state = make_state(recipe, model, prepared.train_data)
-    trainer = Trainer(recipe, state, run_dir, progress=progress)
+    state = make_state(recipe, model, prepared.train_data, world)
+    trainer = Trainer(recipe, state, run_dir, world=world, progress=progress)
     if resume:
         latest = trainer.checkpoints.latest()
         if latest is None:
@@ -93,13 +103,14 @@ def run_training(prepared: Prepared, run_dir: Path, *, resume: bool, progress: b
                 raise CheckpointError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
             latest = damaged[-1]  # restoring it raises the error that names the damaged file
         step = trainer.resume(latest)  # verifies the checkpoint before anything is appended
-        print(f"resumed {run_dir} at step {step}", file=sys.stderr)
-    else:
+        if world.is_main:
+            print(f"resumed {run_dir} at step {step}", file=sys.stderr)
+    elif world.is_main:
         RunWriter(run_dir).create(recipe.to_dict())
     recon = torch.stack([prepared.test_data[i][0] for i in range(min(RECON_SIZE, len(prepared.test_data)))])
     trainer.fit(recon)
     report: dict[str, Any] = {"run_dir": str(run_dir), "step": state.step}
-    if recipe.eval.probe and getattr(prepared.test_data, "num_classes", 0) > 0:
+    if world.is_main and recipe.eval.probe and getattr(prepared.test_data, "num_classes", 0) > 0:
         report.update(probe_report(prepared, state.ema_encoder.module))
         trainer.writer.append("metrics.jsonl", {"step": state.step, **report})
     return report
