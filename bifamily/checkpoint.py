@@ -11,9 +11,12 @@ Both carry a sha256 over their tensors and metadata (``metadata["sha256"]``); th
 records the checksum of the snapshot it belongs to, so a mixed-up pair is refused. Nothing is ever
 unpickled: safetensors holds only tensors and strings, everything else is JSON.
 
-Crash safety: both files are written into a hidden staging folder, fsynced, and the folder is renamed
-into place; only then does the pointer file ``latest`` move (written to a temporary name and renamed).
-A crash at any moment leaves ``latest`` naming a complete checkpoint.
+Crash safety: both files are written into a hidden staging folder beside the checkpoint folder
+(``.checkpoints.partial``), fsynced, and the folder is renamed into place; only then does the pointer
+file ``latest`` move (written to a temporary name and renamed). A crash at any moment leaves
+``latest`` naming a complete checkpoint, and the checkpoint folder holds nothing but complete
+checkpoints and the pointer: a run killed while writing its first checkpoint leaves none, so it is
+restarted as a new run, not resumed.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import os
 import re
 import shutil
 import struct
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -84,10 +88,10 @@ class CheckpointManager:
 
         name = _step_folder_name(step)
         final = self.directory / name
-        staging = self.directory / f".{name}.partial"
+        staging = self.staging
         writing = final  # named in the error if the disk fails
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            self.directory.parent.mkdir(parents=True, exist_ok=True)
             if staging.exists():
                 _remove(staging)
             staging.mkdir()
@@ -98,6 +102,7 @@ class CheckpointManager:
             _write_file(writing, _serialize(resume_tensors, resume_metadata)[0])
             writing = final
             _fsync_dir(staging)
+            self.directory.mkdir(exist_ok=True)
             if final.exists():
                 self._clear_existing(final)
             _durable_replace(staging, final)
@@ -115,19 +120,39 @@ class CheckpointManager:
             ) from error
         return final
 
-    def latest(self) -> Path | None:
-        """The latest complete checkpoint folder, or None when there is none.
+    @property
+    def staging(self) -> Path:
+        """Where a checkpoint is assembled before it is renamed into ``directory``."""
+        return self.directory.parent / f".{self.directory.name}.partial"
 
-        Follows the pointer when it names a folder whose two files are whole; otherwise falls back to
-        the newest step folder whose files pass the full checksum verification.
+    def latest(self) -> Path | None:
+        """The checkpoint to resume from, or None when there is none.
+
+        The folder the pointer names, when it exists, even if damaged: loading it then reports the
+        damage instead of silently going further back (checkpoints are written atomically, so a
+        damaged one is not a crash's doing). Without a usable pointer (a crash between placing a
+        folder and moving the pointer, or a stale or missing pointer), the newest step folder whose
+        files pass the full checksum verification; damaged folders passed over are warned about.
         """
         target = self._pointer_target()
-        if target is not None and _POINTABLE.fullmatch(target) and _looks_complete(self.directory / target):
+        if target is not None and _POINTABLE.fullmatch(target) and (self.directory / target).is_dir():
             return self.directory / target
         for _, folder in sorted(self._step_folders(), reverse=True):
-            if _verifies(folder):
-                return folder
+            try:
+                _read_pair(folder)
+            except CheckpointError as error:
+                warnings.warn(f"passing over a damaged checkpoint: {error}", stacklevel=2)
+                continue
+            return folder
         return None
+
+    def whole_before(self, folder: Path) -> Path | None:
+        """When ``folder`` is damaged, the newest earlier checkpoint that verifies (None otherwise)."""
+        match = _STEP_FOLDER.fullmatch(Path(folder).name)
+        if match is None or _verifies(folder):
+            return None
+        earlier = [(step, path) for step, path in self._step_folders() if step < int(match.group(1))]
+        return next((path for _, path in sorted(earlier, reverse=True) if _verifies(path)), None)
 
     def _clear_existing(self, final: Path) -> None:
         """Remove an older save of the same step; if ``latest`` names it, repoint to a copy first."""
@@ -184,19 +209,19 @@ def _step_folder_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def _looks_complete(folder: Path) -> bool:
-    """Both files present and as long as their headers say (cheap; no checksum)."""
+def _verifies(folder: Path) -> bool:
     try:
-        for file in (SNAPSHOT_FILE, RESUME_FILE):
-            _read_header_only(folder / file)
+        _read_pair(folder)
     except CheckpointError:
         return False
     return True
 
 
-def _verifies(folder: Path) -> bool:
+def _looks_complete(folder: Path) -> bool:
+    """Both files present and as long as their headers say (cheap; no checksum)."""
     try:
-        _read_pair(folder)
+        for file in (SNAPSHOT_FILE, RESUME_FILE):
+            _read_header_only(folder / file)
     except CheckpointError:
         return False
     return True

@@ -1,7 +1,9 @@
 """The ``bifamily`` command line.
 
 Exit codes: 0 success; 1 an unexpected internal error (a bug: the traceback is printed); 2 bad input
-(recipe, override, plugin, data path, checkpoint) reported as one line per problem, no traceback.
+(recipe, override, plugin, data path, checkpoint) reported as one line per problem, no traceback;
+3 training diverged (a non-finite loss or gradient, see ``[guard]``); 128 + N stopped by signal N
+(143 SIGTERM, 130 SIGINT) after writing a checkpoint (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,15 +20,26 @@ import tomli_w
 
 from bifamily import __version__
 from bifamily.errors import BifamilyError, RecipeError
-from bifamily.plugins import KINDS, PluginSet, default_plugins
+from bifamily.plugins import KINDS, REGISTERED_KINDS, PluginSet, default_plugins
 from bifamily.recipe import Recipe, load
+from bifamily.stopping import EXIT_DIVERGED, TrainingStopped, signal_name
 
 EXIT_BAD_INPUT = 2
 
 
+def _printable(text: str, *, newlines: bool = True) -> str:
+    """``text`` with control characters escaped (newlines too unless ``newlines``): a hostile recipe key
+    must not move the cursor, clear the terminal or split one problem over several lines."""
+    return "".join(
+        char if (newlines and char == "\n") or unicodedata.category(char) not in ("Cc", "Zl", "Zp") else repr(char)[1:-1]
+        for char in text
+    )
+
+
 def _fail(exc: BifamilyError) -> None:
+    one_line_each = isinstance(exc, RecipeError)  # other errors may list details on further lines
     for line in exc.lines():
-        click.echo(f"error: {line}", err=True)
+        click.echo(f"error: {_printable(line, newlines=not one_line_each)}", err=True)
     sys.exit(EXIT_BAD_INPUT)
 
 
@@ -35,6 +49,14 @@ def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except BifamilyError as exc:
             _fail(exc)
+        except TrainingStopped as stop:
+            if stop.main_rank:
+                for line in stop.lines():
+                    click.echo(f"stopped: {_printable(line)}", err=True)
+            sys.exit(stop.exit_code)
+        except KeyboardInterrupt:  # Ctrl-C outside the training loop (which stops cleanly itself)
+            click.echo("interrupted", err=True)
+            sys.exit(130)
 
     wrapper.__name__ = fn.__name__
     wrapper.__doc__ = fn.__doc__
@@ -71,6 +93,9 @@ def main() -> None:
       bifamily run recipes/quickstart.toml
       bifamily run recipes/bigan.toml --set run.steps=200 --out runs/try
       bifamily validate recipes/ali.toml
+      bifamily eval runs/00000-quickstart --metrics probe,knn
+      bifamily sample runs/00000-quickstart -n 64 -o samples.png
+      bifamily plot runs/00000-quickstart
       bifamily plugins
     """
 
@@ -133,6 +158,11 @@ def run(
             f"linear probe top-1 on held-out images: EMA encoder {100 * report['probe_top1']:.1f}% "
             f"vs the same encoder at initialisation {100 * report['probe_top1_init']:.1f}%"
         )
+    if "knn_top1" in report:
+        click.echo(
+            f"k-NN top-1 on held-out images: EMA encoder {100 * report['knn_top1']:.1f}% "
+            f"vs the same encoder at initialisation {100 * report['knn_top1_init']:.1f}%"
+        )
 
 
 def _launch(
@@ -157,14 +187,20 @@ def _launch(
     run_dir = choose_run_dir(resolved, out, resume)
     command = ["run", recipe, *(arg for o in overrides for arg in ("--set", o)), "--out", str(run_dir)]
     arguments = [*command, "--progress" if progress else "--no-progress", *(["--resume"] if resume else [])]
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    again = shlex.join(["bifamily", *command, "--resume", "--nproc", str(nproc)])
     try:
         distributed.launch(nproc, arguments)
     except distributed.RankFailed as exc:
-        click.echo(f"error: {exc}", err=True)
+        if exc.exitcode <= 128 and exc.exitcode != EXIT_DIVERGED:  # else rank 0 said why it stopped
+            click.echo(f"error: {exc}", err=True)
         if (run_dir / "checkpoints" / "latest").exists():
-            again = shlex.join(["bifamily", *command, "--resume", "--nproc", str(nproc)])
             click.echo(f"error: continue from the last checkpoint: {again}", err=True)
-        sys.exit(EXIT_BAD_INPUT if exc.exitcode == EXIT_BAD_INPUT else 1)
+        sys.exit(exc.exitcode if exc.exitcode > 0 else 1)
+    except SignalException as exc:  # sent to this process: torchrun passed it on to the ranks and waited
+        click.echo(f"stopped: {signal_name(exc.sigval)}; continue with: {again}", err=True)
+        sys.exit(128 + int(exc.sigval))
 
 
 @main.command()
@@ -190,15 +226,176 @@ def validate(recipe: str, overrides: tuple[str, ...]) -> None:
         click.echo(f"  {name:<18} {count:>14,}")
 
 
+device_option = click.option(
+    "--device", default="auto", show_default=True, help="'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'."
+)
+snapshot_argument = click.argument("snapshot", metavar="SNAPSHOT", type=click.Path(exists=True))
+
+
+def _snapshot(snapshot: str, overrides: tuple[str, ...], device: str) -> Any:
+    from bifamily.distributed import resolve_device
+    from bifamily.evaluation.snapshots import load_snapshot
+
+    return load_snapshot(snapshot, _plugins(), list(overrides), resolve_device(device))
+
+
+@main.command("eval")
+@snapshot_argument
+@click.option("--metrics", metavar="NAMES", help="Comma-separated metrics (default: the recipe's eval.metrics).")
+@set_option
+@device_option
+@_guarded
+def eval_command(snapshot: str, metrics: str | None, overrides: tuple[str, ...], device: str) -> None:
+    """Compute metrics on the EMA weights of SNAPSHOT: a snapshot file, a checkpoint folder,
+    RUN_DIR/best, or a run directory (its latest checkpoint). Inside a run directory the results are
+    appended to its metrics.jsonl (and grids saved under eval/).
+
+    \b
+    Examples:
+      bifamily eval runs/00003-bigan --metrics probe,knn
+      bifamily eval runs/00003-bigan/best --metrics fid --set 'feature_networks.inception.weights="inception-2015-12-05.pt"'
+      bifamily eval snapshot.safetensors --set 'data={kind = "mnist", root = "../shared/data/mnist"}'
+    """
+    from bifamily.evaluation.metrics import build_metrics, check_labels, evaluate, format_table, make_subject, write_records
+    from bifamily.rundir import RunWriter
+    from bifamily.session import open_data
+
+    if metrics is not None:
+        overrides = (*overrides, f"eval.metrics={json.dumps(metrics)}")
+    loaded = _snapshot(snapshot, overrides, device)
+    recipe, model = loaded.recipe, loaded.model
+    names = recipe.eval.metric_names
+    if not names:
+        raise BifamilyError("no metrics to compute: name them with --metrics (e.g. --metrics probe,knn)")
+    built = build_metrics(recipe, _plugins(), names, model.context)
+    train_data, test_data = open_data(recipe, model.context)
+    check_labels(built, train_data, test_data)
+    subject = make_subject(recipe, model.generator, model.encoder, model.prior, model.context, train_data, test_data)
+    records = evaluate(built, subject, loaded.step)
+    click.echo(format_table(records))
+    if loaded.run_dir is not None:
+        write_records(RunWriter(loaded.run_dir), records)
+        click.echo(f"recorded in {loaded.run_dir / 'metrics.jsonl'}")
+
+
+@main.command()
+@snapshot_argument
+@click.option("-n", "count", type=click.IntRange(min=1), default=64, show_default=True, help="Number of samples.")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="PNG file of the sample grid.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the latents.")
+@click.option("--nrow", type=click.IntRange(min=1), help="Images per row (default: a square grid).")
+@set_option
+@device_option
+@_guarded
+def sample(
+    snapshot: str, count: int, out: str, seed: int, nrow: int | None, overrides: tuple[str, ...], device: str
+) -> None:
+    """Write a grid of EMA-generator samples from SNAPSHOT (a file, checkpoint folder or run directory).
+
+    \b
+    Example:
+      bifamily sample runs/00003-bigan/checkpoints/step-00001500/snapshot.safetensors -n 64 -o grid.png
+    """
+    import math
+
+    from bifamily.evaluation.images import generate, save_grid
+
+    loaded = _snapshot(snapshot, overrides, device)
+    model = loaded.model
+    images = generate(
+        model.generator, model.prior, count, seed=seed, batch_size=loaded.recipe.eval.batch_size,
+        device=model.context.device,
+    )
+    click.echo(save_grid(Path(out), images, nrow or math.ceil(math.sqrt(count))))
+
+
+@main.command()
+@snapshot_argument
+@click.option(
+    "--images", "images_dir", type=click.Path(exists=True, file_okay=False),
+    help="Folder of images to reconstruct (default: the recipe data set's held-out split).",
+)
+@click.option("-n", "count", type=click.IntRange(min=2), default=16, show_default=True, help="Images to reconstruct.")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="PNG file: each input beside G(E(x)).")
+@click.option(
+    "--iterations", type=click.IntRange(min=0), default=0, show_default=True,
+    help="Also write the iterated reconstruction R_0 .. R_k (one row per input) to OUT's name + '-iterated'.",
+)
+@set_option
+@device_option
+@_guarded
+def reconstruct(
+    snapshot: str, images_dir: str | None, count: int, out: str, iterations: int, overrides: tuple[str, ...], device: str
+) -> None:
+    """Reconstruct images through the EMA encoder and generator of SNAPSHOT, G(E(x)), and report the
+    per-pixel error next to a random pairing of inputs and reconstructions.
+
+    \b
+    Examples:
+      bifamily reconstruct runs/00003-bigan --images my_images/ -o recon.png
+      bifamily reconstruct runs/00003-bigan -n 8 --iterations 10 -o recon.png
+    """
+    import torch
+
+    from bifamily.evaluation import reconstruction as rec
+    from bifamily.evaluation.images import load_images, save_grid
+    from bifamily.session import open_data
+
+    loaded = _snapshot(snapshot, overrides, device)
+    model, ctx = loaded.model, loaded.model.context
+    if images_dir is not None:
+        x = load_images(Path(images_dir), ctx.channels, ctx.data_resolution, count)
+    else:
+        _, test_data = open_data(loaded.recipe, ctx)
+        x = torch.stack([test_data[i][0] for i in range(min(count, len(test_data)))])
+    x = x.to(ctx.device)
+    recon = rec.reconstruct(model.generator, model.encoder, x, ctx)
+    out_path = Path(out)
+    click.echo(save_grid(out_path, *rec.side_by_side(x, recon)))
+    if x.shape[0] >= 2:
+        error = rec.reconstruction_error(x, recon, seed=loaded.recipe.run.seed)
+        click.echo(
+            f"per-pixel squared error of G(E(x)) to x: {error.error:.4f}; to a random other input: "
+            f"{error.random_pairing_error:.4f} (ratio {error.ratio:.3f})"
+        )
+    if iterations:
+        iterated = rec.iterated_reconstructions(model.generator, model.encoder, x, ctx, iterations)
+        click.echo(save_grid(out_path.with_name(f"{out_path.stem}-iterated{out_path.suffix}"), *rec.strip(iterated)))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--out", type=click.Path(file_okay=False), help="Folder of the PNGs (default: RUN_DIR/plots).")
+@set_option
+@_guarded
+def plot(run_dir: str, out: str | None, overrides: tuple[str, ...]) -> None:
+    """Plot RUN_DIR: loss curves (losses.png), metric curves (metrics.png) and the EMA encoder's
+    first-layer filters from the latest snapshot (filters.png).
+
+    \b
+    Example:
+      bifamily plot runs/00003-bigan
+    """
+    from bifamily.evaluation.plots import plot_run
+    from bifamily.evaluation.snapshots import is_run_dir
+
+    path = Path(run_dir)
+    encoder = _snapshot(run_dir, overrides, "cpu").model.encoder if is_run_dir(path) else None
+    for written in plot_run(path, Path(out) if out else path / "plots", encoder):
+        click.echo(written)
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_guarded
 def plugins(as_json: bool) -> None:
     """List installed plugins, their distributions and the components they register."""
     plugin_set = _plugins(strict=False)
     rows = []
     for info in plugin_set.infos:
         components = {
-            kind: [e.name for e in plugin_set.registry.entries(kind) if e.plugin == info.name] for kind in KINDS
+            kind: [e.name for e in plugin_set.registry.entries(kind) if e.plugin == info.name]
+            for kind in REGISTERED_KINDS
         }
         rows.append(
             {
@@ -217,7 +414,7 @@ def plugins(as_json: bool) -> None:
         status = "" if row["status"] == "ok" else f"  FAILED: {row['error']}"
         click.echo(f"{row['plugin']}  ({row['distribution']} {row['version']}){status}")
         for kind, names in row["components"].items():
-            click.echo(f"    {kind:<14} {', '.join(names)}")
+            click.echo(f"    {kind:<16} {', '.join(names)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,8 +4,10 @@ A plugin is an importable module (or object) with functions decorated by ``bifam
 named after the specs below. Each registration hook receives a ``register(name, config_cls)`` callback;
 ``config_cls`` is a frozen attrs class whose fields are the recipe keys of that component (declared
 with :func:`bifamily.config.option`) and whose ``build(ctx)`` method returns the built object. A recipe
-selects it with ``kind = "name"`` in the matching section. Names are global per kind: registering a
-name twice is an error that names both plugins.
+selects a model component with ``kind = "name"`` in the matching section, and evaluation plugins by
+name (``[eval] metrics = "probe,knn"``, with optional settings in ``[metrics.NAME]`` and
+``[feature_networks.NAME]``). Names are global per kind: registering a name twice is an error that
+names both plugins.
 """
 
 from __future__ import annotations
@@ -82,4 +84,28 @@ def bifamily_register_datasets(register: Register) -> None:
     :class:`bifamily.interfaces.LabelledDataset` for ``split`` in ``{"train", "test"}``: "train" feeds
     training, "test" is held out for evaluation. Images come at ``ctx.data_resolution``
     (the larger of the G/D and E resolutions); the trainer resizes them for each module.
+    """
+
+
+@hookspec
+def bifamily_register_metrics(register: Register) -> None:
+    """Register evaluation metrics (chosen by name in ``[eval] metrics``; settings in ``[metrics.NAME]``).
+
+    ``config_cls.build(ctx)`` receives a :class:`bifamily.evaluation.metrics.MetricContext` and returns a
+    :class:`bifamily.evaluation.metrics.Metric`: ``directions`` (value name -> "max" or "min", the
+    values a run may keep its best checkpoint by), ``needs_labels``, and ``compute(subject)`` returning
+    a :class:`bifamily.evaluation.metrics.MetricResult` (values, the settings that make them
+    comparable, optional image grids). The config class docstring is the metric's documented protocol.
+    """
+
+
+@hookspec
+def bifamily_register_feature_networks(register: Register) -> None:
+    """Register frozen feature networks for IS/FID/KID-style metrics (settings in ``[feature_networks.NAME]``).
+
+    ``config_cls.build(ctx)`` receives a :class:`bifamily.context.BuildContext` (``channels`` and
+    ``resolution`` of the images it will see) and returns a
+    :class:`bifamily.evaluation.feature_networks.FeatureNetwork`. Raise a
+    :class:`bifamily.errors.BifamilyError` naming the missing file when weights are absent: nothing
+    may be downloaded.
     """

@@ -33,6 +33,12 @@ KINDS: dict[str, str] = {
     "discriminator": "bifamily_register_discriminators",
     "loss": "bifamily_register_losses",
 }
+# Evaluation plugins: named in `[eval]` and the fid metric rather than given one section each.
+EVALUATION_KINDS: dict[str, str] = {
+    "metric": "bifamily_register_metrics",
+    "feature_network": "bifamily_register_feature_networks",
+}
+REGISTERED_KINDS: dict[str, str] = {**KINDS, **EVALUATION_KINDS}
 
 
 @attrs.frozen
@@ -55,7 +61,7 @@ class Registry:
     """Component config classes by kind and name, with the plugin that registered each."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in REGISTERED_KINDS}
 
     def add(self, kind: str, name: str, config_cls: type, plugin: str) -> None:
         if not isinstance(name, str) or not name:
@@ -89,7 +95,7 @@ class PluginSet:
         self.manager = manager
         self.infos = infos
         self.registry = Registry()
-        for kind, hook_name in KINDS.items():
+        for kind, hook_name in REGISTERED_KINDS.items():
             self._collect(kind, hook_name)
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,9 @@ class RunConfig:
     """[run]: what this run is and how often it reports."""
 
     name: str = option("", help="Run name; defaults to the recipe file's stem.")
-    seed: int = option(0, help="Seed for weights, data order, latents and noise.")
+    seed: int = option(
+        0, help="Seed for weights, data order, latents and noise (0 to 2**32 - 1).", validator=in_range(0, 2**32 - 1)
+    )
     steps: int = option(1000, help="Training iterations; one = `train.d_steps` D updates + 1 G/E update.", validator=positive)
     device: str = option("auto", help="'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
     out_root: str = option("runs", help="Folder that holds run directories when --out is not given.")
@@ -67,7 +70,7 @@ class TrainConfig:
         900,
         help="Distributed runs: seconds a rank waits in a collective (all-reduce, barrier) before the job fails; "
         "covers rank 0 writing a checkpoint while the others wait.",
-        validator=positive,
+        validator=in_range(1, 10**8),
     )
 
 
@@ -98,13 +101,62 @@ class EmaConfig:
 
 @attrs.frozen
 class EvalConfig:
-    """[eval]: the linear probe on frozen EMA-encoder features reported at the end of a run."""
+    """[eval]: the end-of-run report, metrics during training, and the shared settings of the
+    representation metrics. Each metric's own settings go in [metrics.NAME] (docs/evaluation.md)."""
 
-    probe: bool = option(True, help="Report linear-probe accuracy of the EMA encoder vs its initialisation.")
-    train_samples: int = option(5000, help="Labelled training images the probe is fitted on.", validator=positive)
-    test_samples: int = option(2000, help="Held-out images the probe is scored on.", validator=positive)
-    probe_steps: int = option(1000, help="Adam steps of the probe.", validator=positive)
-    probe_lr: float = option(0.01, help="Probe learning rate.", validator=positive)
+    probe: bool = option(
+        True,
+        help="End-of-run report: linear-probe (and k-NN) top-1 of the EMA encoder next to the same encoder "
+        "at initialisation. Skipped for a data set without labels.",
+    )
+    train_samples: int = option(5000, help="Labelled training images the linear probe is fitted on (and k-NN searches).", validator=positive)
+    test_samples: int = option(2000, help="Held-out images the linear probe and k-NN are scored on.", validator=positive)
+    probe_steps: int = option(1000, help="Adam steps of the linear probe (the paper: 5000).", validator=positive)
+    probe_lr: float = option(0.01, help="Linear-probe learning rate ([metrics.probe] lrs sweeps more).", validator=positive)
+    metrics: str = option(
+        "probe,knn",
+        help="Comma-separated metrics run every `every` steps and by `bifamily eval` (installed ones: "
+        "`bifamily plugins`).",
+    )
+    every: int = option(
+        0,
+        help="During training, run `metrics` on the EMA weights every this many steps and at the last step "
+        "(0: never). Rank 0 computes while other ranks go on.",
+        validator=non_negative,
+    )
+    best: str = option(
+        "",
+        help="A value of the scheduled metrics (e.g. 'probe_top1', 'fid') by which RUN_DIR/best/snapshot.safetensors "
+        "keeps the best snapshot; empty: none.",
+    )
+    batch_size: int = option(256, help="Images per forward pass when metrics extract features or generate samples.", validator=positive)
+
+    @property
+    def metric_names(self) -> list[str]:
+        """The names in ``metrics``, in order, without blanks or repeats."""
+        names = [name.strip() for name in self.metrics.split(",")]
+        return list(dict.fromkeys(name for name in names if name))
+
+
+@attrs.frozen
+class GuardConfig:
+    """[guard]: what happens when a loss or gradient stops being finite (the run diverged).
+
+    The check runs at every logging, grid and checkpoint step, before anything is written, so a
+    diverged state is never checkpointed (docs/reliability.md)."""
+
+    on_nonfinite: str = option(
+        "stop",
+        help="'stop': report the step and the module, write nothing more and exit with code 3. 'rollback': "
+        "reload the latest checkpoint and continue with a fresh data order and fresh latents.",
+        validator=one_of("stop", "rollback"),
+    )
+    max_rollbacks: int = option(
+        3,
+        help="With 'rollback': rollbacks allowed without a new checkpoint in between; one more divergence "
+        "stops the run as 'stop' would.",
+        validator=positive,
+    )
 
 
 FRAMEWORK_SECTIONS: dict[str, type] = {
@@ -113,7 +165,12 @@ FRAMEWORK_SECTIONS: dict[str, type] = {
     "optim": OptimConfig,
     "ema": EmaConfig,
     "eval": EvalConfig,
+    "guard": GuardConfig,
 }
+# Sections of per-name settings of evaluation plugins: [metrics.probe], [feature_networks.inception].
+NAMED_SECTIONS: dict[str, str] = {"metrics": "metric", "feature_networks": "feature_network"}
+# Metrics the end-of-run report ([eval] probe) runs.
+REPORT_METRICS = ("probe", "knn")
 
 
 @attrs.frozen
@@ -128,12 +185,19 @@ class Recipe:
     components: dict[str, Any]  # kind -> component config instance
     kinds: dict[str, str]  # kind -> registered name
     source: str = ""
+    metrics: dict[str, Any] = attrs.field(factory=dict)  # metric name -> config instance
+    feature_networks: dict[str, Any] = attrs.field(factory=dict)  # feature network name -> config instance
+    guard: GuardConfig = attrs.field(factory=GuardConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe as plain data (what `--dry-run` prints and run directories keep)."""
         data: dict[str, Any] = {name: unstructure(getattr(self, name)) for name in FRAMEWORK_SECTIONS}
         for kind, config in self.components.items():
             data[kind] = {"kind": self.kinds[kind], **unstructure(config)}
+        for section in NAMED_SECTIONS:
+            configs = getattr(self, section)
+            if configs:
+                data[section] = {name: unstructure(config) for name, config in configs.items()}
         return _drop_none(data)
 
     def to_json(self) -> str:
@@ -160,7 +224,7 @@ def _read_toml(path: Path, stack: tuple[Path, ...]) -> dict[str, Any]:
         raise RecipeError([f"cannot read recipe: {exc}"], source=str(path)) from None
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer too long for Python to convert
         raise RecipeError([f"invalid TOML: {exc}"], source=str(path)) from None
     base = data.pop("extends", None)
     if base is None:
@@ -196,7 +260,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise RecipeError([f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. run.steps=200"])
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
+    except ValueError:  # not TOML (or an integer too long to convert): a plain string
         value = raw.strip()
     return [part.strip() for part in parts], value
 
@@ -226,8 +290,8 @@ def from_dict(data: dict[str, Any], plugins: PluginSet, source: str = "", defaul
     problems: list[str] = []
     if not isinstance(data, dict):
         raise RecipeError(["$: expected a table"], source=source)
-    for key in sorted(set(data) - set(FRAMEWORK_SECTIONS) - set(KINDS)):
-        known = ", ".join([*FRAMEWORK_SECTIONS, *KINDS])
+    for key in sorted(set(data) - set(FRAMEWORK_SECTIONS) - set(KINDS) - set(NAMED_SECTIONS)):
+        known = ", ".join([*FRAMEWORK_SECTIONS, *KINDS, *NAMED_SECTIONS])
         problems.append(f"$.{key}: unknown section (known: {known})")
 
     framework: dict[str, Any] = {}
@@ -263,6 +327,16 @@ def from_dict(data: dict[str, Any], plugins: PluginSet, source: str = "", defaul
         except RecipeError as exc:
             problems.extend(exc.problems)
 
+    named = {
+        section: _structure_named(data.get(section, {}), section, kind, plugins, problems)
+        for section, kind in NAMED_SECTIONS.items()
+    }
+    if "eval" in framework:
+        _add_named_metrics(framework["eval"], named["metrics"], plugins, problems)
+
+    numbers = _number_problems(data, "$")
+    flagged = {line.split(": ", 1)[0] for line in numbers}  # a nan also fails its key's range check
+    problems = numbers + [line for line in problems if line.split(": ", 1)[0] not in flagged]
     if problems:
         raise RecipeError(problems, source=source)
     run = framework["run"]
@@ -274,10 +348,64 @@ def from_dict(data: dict[str, Any], plugins: PluginSet, source: str = "", defaul
         optim=framework["optim"],
         ema=framework["ema"],
         eval=framework["eval"],
+        guard=framework["guard"],
         components=components,
         kinds=kinds,
         source=source,
+        metrics=named["metrics"],
+        feature_networks=named["feature_networks"],
     )
+
+
+def _number_problems(value: Any, path: str) -> list[str]:
+    """Numbers no setting can mean: integers beyond 64 bits (TOML's own limit) and inf or nan."""
+    if isinstance(value, dict):
+        return [line for key, item in value.items() for line in _number_problems(item, f"{path}.{key}")]
+    if isinstance(value, list):
+        return [line for i, item in enumerate(value) for line in _number_problems(item, f"{path}[{i}]")]
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        shown = str(value) if value.bit_length() < 100 else f"an integer of {value.bit_length()} bits"
+        return [f"{path}: {shown} does not fit in a 64-bit integer"]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{path}: must be a finite number, got {value}"]
+    return []
+
+
+def _structure_named(table: Any, section: str, kind: str, plugins: PluginSet, problems: list[str]) -> dict[str, Any]:
+    """``[section.NAME]`` tables, each structured with the config class registered as NAME of ``kind``."""
+    if not isinstance(table, dict):
+        problems.append(f"$.{section}: expected a table of [{section}.NAME] tables, got {type(table).__name__}")
+        return {}
+    configs: dict[str, Any] = {}
+    for name, fields in table.items():
+        entry = plugins.registry.get(kind, name)
+        if entry is None:
+            problems.append(f"$.{section}.{name}: unknown {kind.replace('_', ' ')} {name!r} ({_installed(plugins, kind)})")
+            continue
+        try:
+            configs[name] = structure(fields, entry.config_cls, f"$.{section}.{name}")
+        except RecipeError as exc:
+            problems.extend(exc.problems)
+    return configs
+
+
+def _add_named_metrics(eval_config: EvalConfig, configs: dict[str, Any], plugins: PluginSet, problems: list[str]) -> None:
+    """Resolve the metrics [eval] names (and the report's) with default settings where none are given."""
+    wanted = [(name, True) for name in eval_config.metric_names]
+    if eval_config.probe:
+        wanted += [(name, False) for name in REPORT_METRICS]
+    for name, required in wanted:
+        if name in configs:
+            continue
+        entry = plugins.registry.get("metric", name)
+        if entry is None:
+            if required:
+                problems.append(f"$.eval.metrics: unknown metric {name!r} ({_installed(plugins, 'metric')})")
+            continue
+        try:
+            configs[name] = structure({}, entry.config_cls, f"$.metrics.{name}")
+        except RecipeError as exc:
+            problems.extend(exc.problems)
 
 
 def _installed(plugins: PluginSet, kind: str) -> str:

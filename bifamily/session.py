@@ -3,27 +3,43 @@
 Everything that can fail because of user input (recipe, plugins, data paths, checkpoints) is checked
 before the run directory is created, so a bad recipe never leaves a half-written run behind.
 Each rank of a distributed run goes through the same functions with its :class:`World`; rank 0 alone
-creates the run directory, writes to it and runs the final evaluation.
+creates the run directory, writes to it and runs the evaluations (scheduled ones and the final report);
+evaluation has no collectives, so the other ranks go on and wait for rank 0 in the next step's
+gradient all-reduce (within ``train.collective_timeout_s``).
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import attrs
 import torch
+from tqdm import tqdm
 
+from bifamily import __version__
 from bifamily.batchnorm import batch_norm_for
 from bifamily.build import Model, build_model, make_context
+from bifamily.context import BuildContext
 from bifamily.distributed import World, config_problems, resolve_device
 from bifamily.errors import BifamilyError, CheckpointError, DataError, RecipeError
-from bifamily.evaluation.features import extract_features
-from bifamily.evaluation.probe import linear_probe
-from bifamily.plugins import PluginSet
+from bifamily.evaluation.best import BestSnapshot
+from bifamily.evaluation.metrics import (
+    Direction,
+    Metric,
+    Record,
+    best_direction,
+    build_metrics,
+    check_labels,
+    evaluate,
+    format_table,
+    make_subject,
+    write_records,
+)
+from bifamily.plugins import PluginSet, default_plugins
 from bifamily.precision import spectral_norm_in_fp32
-from bifamily.recipe import Recipe
+from bifamily.recipe import REPORT_METRICS, Recipe
 from bifamily.rundir import RunWriter, latest_run_dir, new_run_dir
 from bifamily.train import RECON_SIZE, Trainer, make_state
 
@@ -34,11 +50,14 @@ class Prepared:
     model: Model
     train_data: Any
     test_data: Any
+    scheduled: dict[str, Metric] = attrs.field(factory=dict)  # run every `eval.every` steps
+    report: dict[str, Metric] = attrs.field(factory=dict)  # the end-of-run report's (empty: no report)
+    best: Direction | None = None  # direction of `eval.best`, when a best snapshot is kept
 
 
-def prepare(recipe: Recipe, world: World | None = None) -> Prepared:
-    """Build every component for this process of ``world`` (default: one process on ``run.device``)
-    and open both data splits; raises before anything is written.
+def prepare(recipe: Recipe, world: World | None = None, plugins: PluginSet | None = None) -> Prepared:
+    """Build every component for this process of ``world`` (default: one process on ``run.device``),
+    open both data splits and build the metrics; raises before anything is written.
 
     In a world of several ranks, G and E get cross-replica batch norm through ``ctx.batch_norm``.
     """
@@ -50,14 +69,7 @@ def prepare(recipe: Recipe, world: World | None = None) -> Prepared:
         raise RecipeError(problems, source=recipe.source)
     ctx = make_context(recipe, device, batch_norm=batch_norm_for(device, world.size))
     model = build_model(recipe, ctx)
-    data_config = recipe.components["data"]
-    try:
-        train_data = data_config.build(ctx, "train")
-        test_data = data_config.build(ctx, "test")
-    except BifamilyError:
-        raise
-    except Exception as exc:
-        raise DataError(f"$.data: building data set {recipe.kinds['data']!r} failed: {type(exc).__name__}: {exc}") from exc
+    train_data, test_data = open_data(recipe, ctx)
     if len(train_data) < recipe.train.batch_size:
         raise DataError(
             f"$.train.batch_size: {recipe.train.batch_size} is larger than the training split "
@@ -68,7 +80,45 @@ def prepare(recipe: Recipe, world: World | None = None) -> Prepared:
         spectral_norm_in_fp32(module)
         if recipe.train.channels_last:
             module.to(memory_format=torch.channels_last)
-    return Prepared(recipe, model, train_data, test_data)
+    prepared = Prepared(recipe, model, train_data, test_data)
+    _prepare_metrics(prepared, plugins or default_plugins())
+    return prepared
+
+
+def _prepare_metrics(prepared: Prepared, plugins: PluginSet) -> None:
+    """Build the scheduled and report metrics, and refuse what cannot work before training starts."""
+    recipe, ctx = prepared.recipe, prepared.model.context
+    ev = recipe.eval
+    if ev.best and not ev.every:
+        problem = f"$.eval.best: {ev.best!r} needs scheduled metrics: set $.eval.every > 0"
+        raise RecipeError([problem], source=recipe.source)
+    if ev.every:
+        if not ev.metric_names:
+            raise RecipeError(["$.eval.metrics: $.eval.every is set but no metric is named"], source=recipe.source)
+        prepared.scheduled = build_metrics(recipe, plugins, ev.metric_names, ctx)
+        check_labels(prepared.scheduled, prepared.train_data, prepared.test_data)
+        if ev.best:
+            prepared.best = best_direction(ev.best, prepared.scheduled)
+    if ev.probe and getattr(prepared.test_data, "num_classes", 0) > 0:
+        if plugins.registry.get("metric", "probe") is None:
+            raise RecipeError(
+                ["$.eval.probe: the end-of-run report needs the 'probe' metric, which no loaded plugin registers; "
+                 "set eval.probe = false"],
+                source=recipe.source,
+            )
+        names = [name for name in REPORT_METRICS if plugins.registry.get("metric", name) is not None]
+        prepared.report = build_metrics(recipe, plugins, names, ctx)
+
+
+def open_data(recipe: Recipe, ctx: BuildContext) -> tuple[Any, Any]:
+    """The training and held-out splits of the recipe's data set."""
+    data_config = recipe.components["data"]
+    try:
+        return data_config.build(ctx, "train"), data_config.build(ctx, "test")
+    except BifamilyError:
+        raise
+    except Exception as exc:
+        raise DataError(f"$.data: building data set {recipe.kinds['data']!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def choose_run_dir(recipe: Recipe, out: str | None, resume: bool) -> Path:
@@ -95,6 +145,7 @@ def run_training(
     recipe, model = prepared.recipe, prepared.model
     state = make_state(recipe, model, prepared.train_data, world)
     trainer = Trainer(recipe, state, run_dir, world=world, progress=progress)
+    resumed_step = None
     if resume:
         latest = trainer.checkpoints.latest()
         if latest is None:
@@ -102,46 +153,90 @@ def run_training(
             if not damaged:
                 raise CheckpointError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
             latest = damaged[-1]  # restoring it raises the error that names the damaged file
-        step = trainer.resume(latest)  # verifies the checkpoint before anything is appended
+        resumed_step = trainer.resume(latest)  # verifies the checkpoint before anything is appended
         if world.is_main:
-            print(f"resumed {run_dir} at step {step}", file=sys.stderr)
+            print(f"resumed {run_dir} at step {resumed_step}", file=sys.stderr)
     elif world.is_main:
         RunWriter(run_dir).create(recipe.to_dict())
     recon = torch.stack([prepared.test_data[i][0] for i in range(min(RECON_SIZE, len(prepared.test_data)))])
-    trainer.fit(recon)
+    schedule = ScheduledEvaluation(prepared, run_dir, resumed_step) if prepared.scheduled and world.is_main else None
+    trainer.fit(recon, schedule)
     report: dict[str, Any] = {"run_dir": str(run_dir), "step": state.step}
-    if world.is_main and recipe.eval.probe and getattr(prepared.test_data, "num_classes", 0) > 0:
-        report.update(probe_report(prepared, state.ema_encoder.module))
-        trainer.writer.append("metrics.jsonl", {"step": state.step, **report})
+    if world.is_main and prepared.report:
+        final = schedule.records if schedule is not None and schedule.step == state.step else []
+        record = probe_report(prepared, state.ema_generator.module, state.ema_encoder.module, state.step, final)
+        trainer.writer.append("metrics.jsonl", record)
+        report.update({key: value for key, value in record.items() if key not in ("step", "metric", "settings")})
     return report
 
 
-def probe_report(prepared: Prepared, trained_encoder: torch.nn.Module) -> dict[str, float]:
-    """Linear-probe top-1 of the trained (EMA) encoder's features next to the same encoder at init."""
+class ScheduledEvaluation:
+    """The ``on_tick`` of a run with ``[eval] every``: metrics on the EMA weights at every multiple of
+    ``every`` and at the last step, recorded in metrics.jsonl, shown as a table, and the best snapshot
+    kept by ``eval.best``. Installed on rank 0 only."""
+
+    def __init__(self, prepared: Prepared, run_dir: Path, resumed_step: int | None):
+        self.prepared = prepared
+        recipe = prepared.recipe
+        self.every, self.last = recipe.eval.every, recipe.run.steps
+        self.best = (
+            BestSnapshot(run_dir, recipe.eval.best, prepared.best, resumed_step) if prepared.best is not None else None
+        )
+        self.step: int | None = None
+        self.records: list[Record] = []
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0 or step == self.last
+
+    def __call__(self, trainer: Trainer) -> None:
+        step = trainer.state.step
+        if not self.due(step):
+            return
+        p = self.prepared
+        subject = make_subject(
+            p.recipe, trainer.state.ema_generator.module, trainer.state.ema_encoder.module, p.model.prior,
+            p.model.context, p.train_data, p.test_data,
+        )
+        self.step, self.records = step, evaluate(p.scheduled, subject, step)
+        write_records(trainer.writer, self.records)
+        tqdm.write(format_table(self.records))
+        if self.best is not None:
+            self._keep_best(trainer, step)
+
+    def _keep_best(self, trainer: Trainer, step: int) -> None:
+        assert self.best is not None
+        name = self.best.value_name
+        value = next(r.result.values[name] for r in self.records if name in r.result.values)
+        metadata = {"recipe": self.prepared.recipe.to_json(), "bifamily_version": __version__}
+        if self.best.offer(value, step, trainer.state.snapshot_modules(), metadata):
+            tqdm.write(f"best {name} so far ({value:.4f} at step {step}): {self.best.path}")
+
+
+def probe_report(
+    prepared: Prepared,
+    generator: torch.nn.Module,
+    trained_encoder: torch.nn.Module,
+    step: int,
+    final_records: Sequence[Record] = (),
+) -> dict[str, Any]:
+    """The end-of-run report as one metrics.jsonl record: the report metrics (linear probe, k-NN) of the
+    trained (EMA) encoder, ``probe_top1``, next to the same encoder at initialisation, ``probe_top1_init``.
+
+    Results the schedule computed at this step (same metrics, same settings) are reused, not recomputed.
+    """
     recipe, model = prepared.recipe, prepared.model
     ctx = model.context
     initial_encoder = build_model(recipe, ctx).encoder.to(ctx.device).eval()
-    results = {}
-    for label, encoder in (("probe_top1", trained_encoder.eval()), ("probe_top1_init", initial_encoder)):
-        features = {}
-        for split, data, n in (
-            ("train", prepared.train_data, recipe.eval.train_samples),
-            ("test", prepared.test_data, recipe.eval.test_samples),
-        ):
-            features[split] = extract_features(
-                encoder.features,
-                data,
-                min(n, len(data)),
-                device=ctx.device,
-                resize_to=ctx.encoder_input_resolution,
-            )
-        result = linear_probe(
-            *features["train"],
-            *features["test"],
-            num_classes=prepared.test_data.num_classes,
-            steps=recipe.eval.probe_steps,
-            lrs=(recipe.eval.probe_lr,),
-            seed=recipe.run.seed,
-        )
-        results[label] = result.top1
-    return results
+    reused = {r.metric: r.result for r in final_records if r.metric in prepared.report}
+    record: dict[str, Any] = {"step": step, "metric": "report"}
+    settings: dict[str, Any] = {}
+    for suffix, encoder in (("", trained_encoder), ("_init", initial_encoder)):
+        subject = make_subject(recipe, generator, encoder, model.prior, ctx, prepared.train_data, prepared.test_data)
+        pending = {name: metric for name, metric in prepared.report.items() if suffix or name not in reused}
+        results = {r.metric: r.result for r in evaluate(pending, subject, step)}
+        if not suffix:
+            results = {**reused, **results}
+        for name in prepared.report:
+            record[f"{name}_top1{suffix}"] = results[name].values[f"{name}_top1"]
+            settings[name] = results[name].settings  # the same for both encoders
+    return {**record, "settings": settings}

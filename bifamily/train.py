@@ -10,16 +10,25 @@ Every rank runs this same loop (``bifamily.distributed``). An update is computed
 (:class:`bifamily.data.BatchLayout`) and backpropagates its loss divided by the number of
 micro-steps. DDP then averages the gradients over ranks once, on the last micro-step, so the update
 follows the mean loss over the global batch. Only rank 0 writes files and shows progress.
+
+Reliability (docs/reliability.md): every update records on the device whether its losses and
+gradients were finite, and ticks that write anything check that record first, so a diverged state is
+never logged or checkpointed; the run then stops (exit code 3) or, with ``guard.on_nonfinite =
+"rollback"``, reloads the latest checkpoint and continues on fresh data. SIGTERM and SIGINT finish
+the current step, write a checkpoint and stop; the ranks of a distributed run agree on the step.
 """
 
 from __future__ import annotations
 
+import re
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import attrs
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from bifamily import __version__
@@ -28,11 +37,14 @@ from bifamily.checkpoint import CheckpointManager, restore
 from bifamily.data import BatchLayout, BatchStream
 from bifamily.distributed import Replicated, World
 from bifamily.ema import EMA, ema_decay
+from bifamily.errors import BifamilyError, CheckpointError, DataError
+from bifamily.guard import NonFinite, NonFiniteWatch
 from bifamily.precision import Precision
-from bifamily.randomness import RandomStreams
+from bifamily.randomness import RandomStreams, derive_seed
 from bifamily.recipe import Recipe
 from bifamily.rundir import RunWriter
 from bifamily.step_modules import GeneratorEncoder, ScorePairs, parameters_without_gradient, resize
+from bifamily.stopping import Diverged, Interrupted, StopSignals, signal_name
 
 GRID_SIZE = 64
 RECON_SIZE = 16
@@ -116,6 +128,29 @@ def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
                     state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
+def _control_group(world: World) -> Any:
+    """The process group that carries the per-step stop flag: host memory only, so agreeing on a stop
+    never makes the host wait for a GPU. gloo's default group is that already; NCCL gets a gloo twin."""
+    if world.size == 1 or dist.get_backend() == "gloo":
+        return None
+    return dist.new_group(backend="gloo")
+
+
+def _rollback_seed(seed: int, rollbacks: int) -> int:
+    """The data-order and latent seed after ``rollbacks`` rollbacks (the recipe's seed before any)."""
+    return seed if rollbacks == 0 else derive_seed(seed, "rollback", rollbacks) % 2**32
+
+
+def _reading_failed(exc: Exception, step: int) -> DataError:
+    """A data error, from this process or re-raised from a loader worker, as one line without traceback."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:  # torch's copy of a worker's exception carries the worker's traceback
+        text = re.sub(r"^[\w.]+: ", "", text.splitlines()[-1])
+    if isinstance(exc, BifamilyError):
+        return DataError(text)
+    return DataError(f"$.data: reading the training batch of step {step} failed: {type(exc).__name__}: {text}")
+
+
 def _mean_stats(per_micro_step: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     count = len(per_micro_step)
     return {name: sum(stats[name] for stats in per_micro_step) / count for name in per_micro_step[0]}
@@ -137,6 +172,11 @@ class Trainer:
         self.device = self.model.context.device
         self.precision = Precision(recipe.train.precision, self.device)
         self.streams = RandomStreams(recipe.run.seed, world.rank, self.model.prior)
+        self.watch = NonFiniteWatch(self.device)
+        self.stop_signals = StopSignals()
+        self.rollbacks = 0  # in this run's history: each one re-seeds data order and latents
+        self._rollbacks_since_checkpoint = 0
+        self._control = _control_group(world)
         self._wrap_step_modules()
         fixed = torch.Generator().manual_seed(recipe.run.seed + 1)
         self.fixed_z = self.model.prior.sample(GRID_SIZE, generator=fixed).to(self.device)
@@ -159,7 +199,10 @@ class Trainer:
         this rank's rows of the global draw.
         """
         layout, ctx = self.state.layout, self.model.context
-        images, _ = next(self.state.stream)
+        try:
+            images, _ = next(self.state.stream)
+        except (BifamilyError, OSError) as exc:
+            raise _reading_failed(exc, self.state.step + 1) from exc
         images = images.to(self.device, non_blocking=True)
         shape = (layout.accumulation, layout.micro_batch)
         x = self._as_input(resize(images, ctx.resolution)).unflatten(0, shape)
@@ -177,6 +220,7 @@ class Trainer:
         opt, scaler = self.state.opt_d, self.state.scaler_d
         opt.zero_grad(set_to_none=True)
         stats = []
+        step = self.state.step + 1
         for j, (x, x_e, z, noise) in enumerate(micro_steps):
             with self.pairs.syncing(last=j == len(micro_steps) - 1):
                 with self.precision.autocast():
@@ -184,8 +228,11 @@ class Trainer:
                         x_fake, z_hat = self.ge(z, x_e, noise)
                     real, fake = self.pairs(x, z_hat, x_fake, z)
                     loss, micro_stats = self.model.loss.discriminator(real, fake)
+                self.watch.record("discriminator loss", loss, step)
                 scaler.scale(loss / len(micro_steps)).backward()
             stats.append(micro_stats)
+        if not scaler.is_enabled():  # fp16 loss scaling skips updates with inf gradients by design
+            self.watch.record_gradients("discriminator gradients", self.model.discriminator.parameters(), step)
         scaler.step(opt)
         scaler.update()
         return _mean_stats(stats)
@@ -195,6 +242,7 @@ class Trainer:
         opt, scaler = self.state.opt_ge, self.state.scaler_ge
         opt.zero_grad(set_to_none=True)
         stats = []
+        step = self.state.step + 1
         self.model.discriminator.requires_grad_(False)  # no D gradients are needed here
         try:
             for j, (x, x_e, z, noise) in enumerate(micro_steps):
@@ -203,8 +251,12 @@ class Trainer:
                         x_fake, z_hat = self.ge(z, x_e, noise)
                         real, fake = self.frozen_pairs(x, z_hat, x_fake, z)
                         loss, micro_stats = self.model.loss.generator_encoder(real, fake)
+                    self.watch.record("generator+encoder loss", loss, step)
                     scaler.scale(loss / len(micro_steps)).backward()
                 stats.append(micro_stats)
+            if not scaler.is_enabled():
+                self.watch.record_gradients("generator gradients", self.model.generator.parameters(), step)
+                self.watch.record_gradients("encoder gradients", self.model.encoder.parameters(), step)
             scaler.step(opt)
             scaler.update()
         finally:
@@ -241,6 +293,7 @@ class Trainer:
             "data": self.state.stream.state(),
             "step": self.state.step,
             "scalers": {name: scaler.state_dict() for name, scaler in self.state.scalers().items()},
+            "guard": {"rollbacks": self.rollbacks},
         }
         return self.checkpoints.save(
             self.state.step, self.state.snapshot_modules(), self.state.optimizers(), metadata, extra
@@ -250,13 +303,22 @@ class Trainer:
         """Load a checkpoint folder into the state (on every rank); returns the step it was taken at.
 
         Nothing in it depends on the world size that wrote it: the data position counts global
-        batches and the random streams are re-seeded from the step.
+        batches and the random streams are re-seeded from the step (and the number of rollbacks
+        behind it). A damaged checkpoint is refused, naming an earlier whole one if there is one.
         """
-        step, extra = restore(checkpoint, self.state.snapshot_modules(), self.state.optimizers())
+        try:
+            step, extra = restore(checkpoint, self.state.snapshot_modules(), self.state.optimizers())
+        except CheckpointError as error:
+            previous = self.checkpoints.whole_before(checkpoint)
+            if previous is None:
+                raise
+            hint = f"the checkpoint before it, {previous}, is whole: move {checkpoint} aside to resume from that one"
+            raise CheckpointError(f"{error}\n{hint}") from None
         for optimizer in self.state.optimizers().values():
             _match_parameter_layouts(optimizer)
         self.state.step = step
         self.state.stream.load_state(extra["data"])
+        self._set_rollbacks(int(extra.get("guard", {}).get("rollbacks", 0)))
         for name, scaler in self.state.scalers().items():
             saved = extra.get("scalers", {}).get(name)
             if saved and scaler.is_enabled():
@@ -265,11 +327,60 @@ class Trainer:
             self.writer.truncate_after(step)
         return step
 
-    def _tick(self, d_stats: dict[str, torch.Tensor], ge_stats: dict[str, torch.Tensor], recon_images: torch.Tensor) -> None:
-        """Logging, grids and checkpoints at their intervals: the only place the host waits for the device."""
+    def _set_rollbacks(self, rollbacks: int) -> None:
+        """Re-seed the data order and the latent and noise streams for the history after ``rollbacks``
+        rollbacks (call right after the stream's position was loaded)."""
+        self.rollbacks = rollbacks
+        seed = _rollback_seed(self.recipe.run.seed, rollbacks)
+        self.streams.seed = seed
+        self.state.stream.seed = seed
+
+    def _tick(
+        self,
+        d_stats: dict[str, torch.Tensor],
+        ge_stats: dict[str, torch.Tensor],
+        recon_images: torch.Tensor,
+        *,
+        stopping: bool = False,
+    ) -> NonFinite | None:
+        """Logging, grids and checkpoints at their intervals (and a checkpoint when stopping): the only
+        place the host waits for the device.
+
+        The finiteness record is read first; if this history diverged, nothing is written and the
+        failure is returned instead.
+        """
         run, step = self.recipe.run, self.state.step
         done = step == run.steps
-        if step % run.log_every == 0 or done:
+        log = step % run.log_every == 0 or done
+        grids = step % run.sample_every == 0 or done
+        save = step % run.checkpoint_every == 0 or done or stopping
+        if not (log or grids or save):
+            return None
+        failure = self.watch.first_failure(self.world)
+        if failure is not None:
+            return failure
+        if save:
+            self._rollbacks_since_checkpoint = 0
+        try:
+            self._write_tick(d_stats, ge_stats, recon_images, log=log, grids=grids, save=save)
+        except OSError as error:  # a full or failing disk: say where, keep the traceback for bugs only
+            raise BifamilyError(
+                f"{error.filename or self.writer.path}: cannot write: {error.strerror or error}"
+            ) from error
+        return None
+
+    def _write_tick(
+        self,
+        d_stats: dict[str, torch.Tensor],
+        ge_stats: dict[str, torch.Tensor],
+        recon_images: torch.Tensor,
+        *,
+        log: bool,
+        grids: bool,
+        save: bool,
+    ) -> None:
+        step = self.state.step
+        if log:
             now = time.perf_counter()
             rate = self._images_per_step * (step - self._last_step) / max(now - self._last_time, 1e-9)
             self._last_time, self._last_step = now, step
@@ -282,14 +393,83 @@ class Trainer:
                 )
         if not self.world.is_main:
             return
-        if step % run.sample_every == 0 or done:
+        if grids:
             self.write_grids(recon_images)
-        if step % run.checkpoint_every == 0 or done:
+        if save:
             self.save_checkpoint()
+
+    # -- stopping early ----------------------------------------------------------------------------
+
+    def _agreed_stop(self) -> int:
+        """The stop signal any rank has received (0: none): every rank gets the same answer after the
+        same step. One all-reduce of one integer in host memory per step (about 0.2 ms on gloo)."""
+        signum = self.stop_signals.received
+        if self.world.size > 1:
+            flag = torch.tensor([signum], dtype=torch.int32)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._control)
+            signum = int(flag.item())
+        return signum
+
+    def _continue_hint(self) -> str:
+        return f"continue with: bifamily run RECIPE --out {self.writer.path} --resume"
+
+    def _interrupted(self, signum: int) -> Interrupted:
+        """After the tick wrote the stop checkpoint: wait for rank 0's write, then the exception to raise."""
+        self.world.barrier()
+        lines = [
+            f"{signal_name(signum)} after step {self.state.step}: its checkpoint is in {self.checkpoints.directory}",
+            self._continue_hint(),
+        ]
+        return Interrupted(signum, lines, main_rank=self.world.is_main)
+
+    def _recover(self, failure: NonFinite, signum: int) -> None:
+        """Roll back to the latest checkpoint with fresh data, or raise when the guard says to stop."""
+        guard, main = self.recipe.guard, self.world.is_main
+        latest = self.world.on_main(self.checkpoints.latest)
+        where = f"the latest checkpoint is {latest}" if latest is not None else "there is no checkpoint"
+        if signum:
+            lines = [
+                f"{signal_name(signum)} after step {self.state.step}, no checkpoint written: {failure.describe()}",
+                f"{where}; {self._continue_hint()}",
+            ]
+            raise Interrupted(signum, lines, main_rank=main)
+        headline = f"training diverged: {failure.describe()} (found after step {self.state.step})"
+        if guard.on_nonfinite == "stop":
+            raise Diverged(
+                [
+                    headline,
+                    f"nothing from step {failure.step} on was logged or checkpointed; {where}",
+                    'set guard.on_nonfinite = "rollback" to go back to it and retry on fresh data automatically',
+                ],
+                main_rank=main,
+            )
+        if latest is None or self._rollbacks_since_checkpoint >= guard.max_rollbacks:
+            tries = f"after {self._rollbacks_since_checkpoint} rollback(s) without a new checkpoint"
+            raise Diverged([headline, f"giving up {tries}; {where}"], main_rank=main)
+        rollbacks = self.rollbacks + 1
+        self.resume(latest)
+        self._set_rollbacks(rollbacks)
+        self._rollbacks_since_checkpoint += 1
+        self.watch.reset()
+        self._bar.n = self.state.step
+        self._bar.refresh()
+        self._last_time, self._last_step = time.perf_counter(), self.state.step
+        if main:
+            tqdm.write(
+                f"{headline}: rolled back to step {self.state.step} "
+                f"(rollback {self._rollbacks_since_checkpoint} of at most {guard.max_rollbacks}), with a fresh data order",
+                file=sys.stderr,
+            )
 
     # -- the loop ----------------------------------------------------------------------------------
 
     def fit(self, recon_images: torch.Tensor, on_tick: Callable[[Trainer], None] | None = None) -> None:
+        """Train up to ``run.steps``.
+
+        Raises :class:`~bifamily.stopping.Interrupted` after SIGTERM or SIGINT (once the step is done
+        and checkpointed) and :class:`~bifamily.stopping.Diverged` when a step was not finite and the
+        guard does not roll back.
+        """
         run, train, state = self.recipe.run, self.recipe.train, self.state
         self._bar = tqdm(
             total=run.steps, initial=state.step, desc=run.name, unit="step", disable=not self.progress, dynamic_ncols=True
@@ -298,18 +478,31 @@ class Trainer:
         self._last_time, self._last_step = time.perf_counter(), state.step
         for module in self.model.modules().values():
             module.train()
-        while state.step < run.steps:
-            # This step's random streams, then the D steps, the joint G+E step and EMA.
-            self.streams.start_step(state.step)
-            for _ in range(train.d_steps):
-                d_stats = self.d_step()
-            ge_stats = self.ge_step()
-            self.ema_step()
-            state.step += 1
+        if state.step == 0 and self.world.is_main:
+            self.writer.truncate_after(0)  # log lines of an attempt killed before its first checkpoint
+        if self.recipe.guard.on_nonfinite == "rollback" and self.world.is_main and self.checkpoints.latest() is None:
+            self.save_checkpoint()  # something to roll back to before the first interval checkpoint
+        try:
+            with self.stop_signals.installed():
+                while state.step < run.steps:
+                    # This step's random streams, then the D steps, the joint G+E step and EMA.
+                    self.streams.start_step(state.step)
+                    for _ in range(train.d_steps):
+                        d_stats = self.d_step()
+                    ge_stats = self.ge_step()
+                    self.ema_step()
+                    state.step += 1
 
-            self._tick(d_stats, ge_stats, recon_images)
-            if on_tick is not None:
-                on_tick(self)
-            self._bar.update(1)
-        self._bar.close()
+                    signum = self._agreed_stop()
+                    failure = self._tick(d_stats, ge_stats, recon_images, stopping=bool(signum))
+                    if failure is not None:
+                        self._recover(failure, signum)
+                        continue
+                    if on_tick is not None:
+                        on_tick(self)
+                    self._bar.update(1)
+                    if signum:
+                        raise self._interrupted(signum)
+        finally:
+            self._bar.close()
         self.world.barrier()  # rank 0's last checkpoint is on disk before any rank moves on

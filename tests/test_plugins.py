@@ -13,9 +13,9 @@ import pytest
 from bifamily import hookspecs
 from bifamily.errors import PluginError
 from bifamily.hookspecs import hookimpl
-from bifamily.plugins import AUTOLOAD_ENV, BLOCK_ENV, KINDS, load_plugins
+from bifamily.plugins import AUTOLOAD_ENV, BLOCK_ENV, REGISTERED_KINDS, load_plugins
 
-BUILTINS = {"priors", "posteriors", "losses", "dcgan", "datasets", "biggan", "resnet"}
+BUILTINS = {"priors", "posteriors", "losses", "dcgan", "datasets", "biggan", "resnet", "metrics"}
 
 
 def fake_distribution(root: Path, dist: str, module: str, source: str, ep_name: str | None = None) -> None:
@@ -137,7 +137,7 @@ def test_duplicate_names_are_an_error_naming_both_plugins():
 
 def test_every_hook_is_documented_and_mapped_to_a_kind():
     specs = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("bifamily_")]
-    assert set(specs) == set(KINDS.values())
+    assert set(specs) == set(REGISTERED_KINDS.values())
     for name in specs:
         doc = inspect.getdoc(getattr(hookspecs, name))
         assert doc and len(doc) > 40, f"hook {name} lacks documentation"
@@ -145,7 +145,7 @@ def test_every_hook_is_documented_and_mapped_to_a_kind():
 
 def test_every_registered_config_field_has_help():
     plugins = load_plugins()
-    for kind in KINDS:
+    for kind in REGISTERED_KINDS:
         for entry in plugins.registry.entries(kind):
             for field in attrs.fields(entry.config_cls):
                 assert field.metadata.get("help"), f"{kind} {entry.name}: field {field.name} has no help"

@@ -32,7 +32,7 @@ def problems(data: dict, plugins) -> list[str]:
 def test_quickstart_structures_with_defaults_filled(plugins):
     recipe = from_dict(quickstart(), plugins, default_name="quickstart")
     assert recipe.run.name == "quickstart"
-    assert recipe.optim.beta2 == 0.999 and recipe.optim.encoder_lr == recipe.optim.g_lr
+    assert recipe.optim.beta2 == 0.999 and recipe.optim.encoder_lr == 10 * recipe.optim.g_lr
     assert recipe.kinds["loss"] == "bigbigan"
     resolved = recipe.to_dict()
     assert resolved["generator"]["kind"] == "dcgan"

@@ -1,0 +1,66 @@
+"""Images in and out of evaluation: generating samples, reading a folder of images, saving grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor, nn
+from torchvision.utils import save_image
+
+from bifamily.errors import BifamilyError, DataError
+from bifamily.interfaces import LatentPrior
+from bifamily.randomness import derive_seed
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+@torch.inference_mode()
+def generate(
+    generator: nn.Module, prior: LatentPrior, n: int, *, seed: int, batch_size: int, device: torch.device | str
+) -> Tensor:
+    """``n`` images G(z) on the CPU, the latents drawn from a CPU generator seeded with ``seed`` (the
+    same images on any device), ``batch_size`` at a time."""
+    latents = torch.Generator().manual_seed(derive_seed(seed, "samples"))
+    batches = []
+    for start in range(0, n, batch_size):
+        z = prior.sample(min(batch_size, n - start), generator=latents).to(device)
+        batches.append(generator(z).float().cpu())
+    return torch.cat(batches)
+
+
+def load_images(folder: Path, channels: int, size: int, n: int) -> Tensor:
+    """The first ``n`` image files of ``folder`` (sorted by name) as (n, channels, size, size) in
+    [-1, 1]: centre-cropped to a square, resized (bicubic, antialiased), grey or RGB."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if not files:
+        raise DataError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    if channels not in (1, 3):
+        raise DataError(f"{folder}: reading image files for a {channels}-channel model is not supported (1 or 3)")
+    images = []
+    for path in files[:n]:
+        try:
+            with Image.open(path) as image:
+                image = image.convert("L" if channels == 1 else "RGB")
+                side = min(image.size)
+                left, top = (image.width - side) // 2, (image.height - side) // 2
+                image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
+                pixels = np.asarray(image, dtype=np.float32).reshape(size, size, channels)
+        except (OSError, UnidentifiedImageError) as exc:
+            raise DataError(f"{path}: cannot read image: {exc}") from None
+        images.append(torch.from_numpy(pixels).permute(2, 0, 1) / 127.5 - 1.0)
+    return torch.stack(images)
+
+
+def save_grid(path: Path, images: Tensor, nrow: int) -> Path:
+    """Images in [-1, 1] as one PNG grid (parent folders created)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(images.float().cpu(), path, nrow=nrow, normalize=True, value_range=(-1, 1), padding=1)
+    except OSError as exc:
+        raise BifamilyError(f"{path}: cannot write image: {exc.strerror or exc}") from None
+    return path

@@ -1,0 +1,267 @@
+"""The metric protocol: what a metric plugin builds, what it is computed on, what it returns, and how
+results are recorded (``metrics.jsonl``) and shown (a console table).
+
+A metric is registered by a plugin (``bifamily_register_metrics``) as a config class whose
+``build(ctx: MetricContext)`` returns a :class:`Metric`. A :class:`Subject` is what is evaluated: the
+EMA generator and encoder of a model with its prior and data. Each computation gives one record::
+
+    {"step": 600, "metric": "probe", "probe_top1": 0.83, "probe_top5": 1.0, "settings": {...}}
+
+``settings`` holds what makes the numbers comparable (sample counts, splits, feature network, resizer).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Protocol
+
+import attrs
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from bifamily.context import BuildContext
+from bifamily.errors import BifamilyError, RecipeError
+from bifamily.evaluation.features import extract_features, require_labels
+from bifamily.interfaces import Encoder, LatentPrior
+from bifamily.plugins import PluginSet
+from bifamily.recipe import EvalConfig, Recipe
+from bifamily.rundir import RunWriter
+
+if TYPE_CHECKING:  # importing it loads clean-fid, which takes seconds
+    from bifamily.evaluation.feature_networks import FeatureNetwork
+
+Direction = Literal["max", "min"]
+FEATURE_SOURCES: tuple[str, ...] = ("pooled", "posterior_mean")
+_RESERVED_VALUE_NAMES = {"step", "metric", "settings"}
+
+
+@attrs.frozen
+class Grid:
+    """Images (N, C, H, W) in [-1, 1] to be saved as one PNG grid of ``nrow`` images per row."""
+
+    images: Tensor
+    nrow: int
+
+
+@attrs.frozen
+class MetricResult:
+    """Named values, the settings that make them comparable, and optional image grids."""
+
+    values: dict[str, float]
+    settings: dict[str, Any]
+    images: dict[str, Grid] = attrs.field(factory=dict)
+
+
+@attrs.define(eq=False)
+class Subject:
+    """What metrics evaluate: a generator and an encoder (the EMA weights), the prior, the data.
+
+    Features are cached per (source, split, count), so metrics that share them (probe and k-NN)
+    extract them once.
+    """
+
+    generator: nn.Module
+    encoder: Encoder
+    prior: LatentPrior
+    context: BuildContext
+    train_data: Dataset
+    test_data: Dataset
+    data_key: dict[str, Any]  # the resolved [data] section: names the data set and its preprocessing
+    batch_size: int
+    seed: int
+    _features: dict[tuple[str, str, int], tuple[Tensor, Tensor]] = attrs.field(factory=dict, init=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.context.device
+
+    def split(self, name: str) -> Dataset:
+        return {"train": self.train_data, "test": self.test_data}[name]
+
+    def features(self, source: str, split: str, n: int) -> tuple[Tensor, Tensor]:
+        """Frozen encoder features (min(n, len), F) of the first images of ``split``, and their labels."""
+        data = self.split(split)
+        count = min(n, len(data))
+        key = (source, split, count)
+        if key not in self._features:
+            self._features[key] = extract_features(
+                feature_function(self.encoder, source),
+                data,
+                count,
+                batch_size=self.batch_size,
+                device=self.device,
+                resize_to=self.context.encoder_input_resolution,
+            )
+        return self._features[key]
+
+
+def feature_function(encoder: Encoder, source: str) -> Callable[[Tensor], Tensor]:
+    """``"pooled"``: the backbone's evaluation features (``encoder.features``, the pooled output);
+    ``"posterior_mean"``: the mean of the posterior."""
+    if source == "pooled":
+        return encoder.features
+    if source == "posterior_mean":
+        return lambda x: encoder(x).mean
+    raise ValueError(f"feature source must be one of {FEATURE_SOURCES}, got {source!r}")
+
+
+class Metric(Protocol):
+    """A built metric. ``directions`` names the values a run may select its best snapshot by."""
+
+    directions: Mapping[str, Direction]
+    needs_labels: bool
+
+    def compute(self, subject: Subject) -> MetricResult: ...
+
+
+@attrs.frozen
+class MetricContext:
+    """Passed to a metric config's ``build(ctx)``.
+
+    ``model`` is the build context of the evaluated model (resolutions, channels, device); ``eval`` the
+    recipe's [eval] section (shared sample counts, probe steps); ``feature_network(name, key)`` builds
+    a registered feature network with its [feature_networks.NAME] settings (``key`` is the recipe key
+    that named it, for error messages).
+    """
+
+    model: BuildContext
+    eval: EvalConfig
+    seed: int
+    feature_network: Callable[[str, str], FeatureNetwork]
+
+
+@attrs.frozen
+class Record:
+    """One metric computation at one step."""
+
+    step: int
+    metric: str
+    result: MetricResult
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "metric": self.metric, **self.result.values, "settings": self.result.settings}
+
+
+# -- building ---------------------------------------------------------------------------------------
+
+
+def metric_context(recipe: Recipe, plugins: PluginSet, model: BuildContext) -> MetricContext:
+    def feature_network(name: str, key: str) -> FeatureNetwork:
+        entry = plugins.registry.get("feature_network", name)
+        if entry is None:
+            installed = ", ".join(plugins.registry.names("feature_network")) or "none"
+            raise RecipeError([f"{key}: unknown feature network {name!r} (installed: {installed})"])
+        config = recipe.feature_networks.get(name) or entry.config_cls()
+        return _built(f"$.feature_networks.{name}", lambda: config.build(model))
+
+    return MetricContext(model=model, eval=recipe.eval, seed=recipe.run.seed, feature_network=feature_network)
+
+
+def build_metrics(recipe: Recipe, plugins: PluginSet, names: list[str], model: BuildContext) -> dict[str, Metric]:
+    """Build the named metrics with the recipe's [metrics.NAME] settings (defaults where none are given)."""
+    ctx = metric_context(recipe, plugins, model)
+    metrics: dict[str, Metric] = {}
+    problems: list[str] = []
+    for name in names:
+        entry = plugins.registry.get("metric", name)
+        if entry is None:
+            installed = ", ".join(plugins.registry.names("metric")) or "none"
+            problems.append(f"$.eval.metrics: unknown metric {name!r} (installed: {installed})")
+            continue
+        config = recipe.metrics.get(name) or entry.config_cls()
+        try:
+            metrics[name] = _built(f"$.metrics.{name}", lambda: config.build(ctx))
+        except RecipeError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise RecipeError(problems, source=recipe.source)
+    return metrics
+
+
+def _built(key: str, build: Callable[[], Any]) -> Any:
+    try:
+        return build()
+    except BifamilyError:
+        raise
+    except Exception as exc:  # a plugin's own failure: name its recipe key, keep it one line
+        raise RecipeError([f"{key}: build failed: {type(exc).__name__}: {exc}"]) from exc
+
+
+def best_direction(best: str, metrics: Mapping[str, Metric]) -> Direction:
+    """The direction of value ``best`` among the metrics' values; a RecipeError if none reports it."""
+    for metric in metrics.values():
+        if best in metric.directions:
+            return metric.directions[best]
+    offered = ", ".join(sorted(value for metric in metrics.values() for value in metric.directions)) or "none"
+    raise RecipeError([f"$.eval.best: {best!r} is not a value of the metrics in $.eval.metrics (they report: {offered})"])
+
+
+def make_subject(recipe: Recipe, generator: nn.Module, encoder: Encoder, prior: LatentPrior,
+                 context: BuildContext, train_data: Dataset, test_data: Dataset) -> Subject:
+    return Subject(
+        generator=generator,
+        encoder=encoder,
+        prior=prior,
+        context=context,
+        train_data=train_data,
+        test_data=test_data,
+        data_key=recipe.to_dict()["data"],
+        batch_size=recipe.eval.batch_size,
+        seed=recipe.run.seed,
+    )
+
+
+# -- computing and recording ------------------------------------------------------------------------
+
+
+def check_labels(metrics: Mapping[str, Metric], train_data: Dataset, test_data: Dataset) -> None:
+    """Refuse, before any work, metrics that need labels on a data set without them."""
+    for name, metric in metrics.items():
+        if metric.needs_labels:
+            require_labels(train_data, f"metric {name!r}")
+            require_labels(test_data, f"metric {name!r}")
+
+
+def evaluate(metrics: Mapping[str, Metric], subject: Subject, step: int) -> list[Record]:
+    """Compute every metric on ``subject`` (no gradients, networks untouched)."""
+    check_labels(metrics, subject.train_data, subject.test_data)
+    records = []
+    for name, metric in metrics.items():
+        result = metric.compute(subject)
+        clash = _RESERVED_VALUE_NAMES & set(result.values)
+        if clash:
+            raise ValueError(f"metric {name!r} reported reserved value name(s) {sorted(clash)}")
+        records.append(Record(step, name, result))
+    return records
+
+
+def write_records(writer: RunWriter, records: list[Record]) -> None:
+    """Append the records to metrics.jsonl and save their grids as ``eval/METRIC-IMAGE/step-N.png``."""
+    for record in records:
+        writer.append("metrics.jsonl", record.to_json())
+        for image_name, grid in record.result.images.items():
+            writer.save_grid(f"eval/{record.metric}-{image_name}", record.step, grid.images, nrow=grid.nrow)
+
+
+def format_table(records: list[Record]) -> str:
+    """One row per value: step, metric, value name, number."""
+    rows = [("step", "metric", "value", "result")]
+    for record in records:
+        for name, value in record.result.values.items():
+            rows.append((str(record.step), record.metric, name, _number(value)))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    numeric = (0, 3)  # right-aligned columns
+    lines = [
+        "  ".join(cell.rjust(w) if i in numeric else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _number(value: float) -> str:
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
+
