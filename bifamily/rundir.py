@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,10 @@ class RunWriter:
                 for line in path.read_text(encoding="utf-8").splitlines()
                 if line.strip() and _line_step(line) <= step
             ]
-            path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+            # Write aside and rename, so a kill at this moment leaves the old log, never half of it.
+            temporary = path.with_name(f".{name}.tmp")
+            temporary.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+            os.replace(temporary, path)
 
     def append(self, name: str, record: dict[str, Any]) -> None:
         line = json.dumps({key: _jsonable(value) for key, value in record.items()})
