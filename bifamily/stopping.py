@@ -112,7 +112,5 @@ class StopSignals:
 
 def _say(line: str) -> None:
     """Write to stderr without Python's buffered streams (a handler may interrupt a write to them)."""
-    try:
+    with contextlib.suppress(OSError):  # nowhere left to report a failed report
         os.write(2, f"\n{line}\n".encode())
-    except OSError:
-        pass
