@@ -297,7 +297,8 @@ def resigned(folder: Path, change) -> None:
 
 
 def rename_tensor(tensors: dict) -> None:
-    tensors["generator.renamed"] = tensors.pop(next(name for name in tensors if name.startswith("generator.")))
+    name = next(n for n in sorted(tensors) if n.startswith("generator.") and tensors[n].is_floating_point())
+    tensors["generator.renamed"] = tensors.pop(name)
 
 
 def retype_tensor(tensors: dict) -> None:
