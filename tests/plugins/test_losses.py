@@ -14,6 +14,19 @@ import bifamily_losses
 from bifamily.context import BuildContext
 from bifamily.errors import RecipeError
 from bifamily.interfaces import Loss, Scores
+from bifamily.testing.losses import (
+    assert_close,
+    check_duplication_invariance,
+    check_gradient_directions,
+    check_loss_outputs,
+    check_permutation_invariance,
+    check_reads_only_required_scores,
+    check_real_fake_symmetry,
+    scale_of,
+    score_leaves,
+    without,
+)
+from bifamily.testing.strategies import BATCH_SIZES, FLOAT_DTYPES, real_and_fake, scores
 from bifamily_losses import BiganLoss, BiganLossConfig, BigbiganLoss, BigbiganLossConfig
 
 CTX = BuildContext(resolution=32, channels=3, latent_dim=8)
@@ -21,29 +34,9 @@ FIELDS = Scores._fields
 # 50 examples per property keep the file at a few seconds on 2 cores; raise locally to dig deeper.
 PROPERTY = settings(max_examples=50, deadline=None)
 
-# --- strategies -----------------------------------------------------------------------------------
+# --- strategies (scores and real/fake batches come from bifamily.testing.strategies) ---------------
 
-# Any finite score up to |s| = 1e4, mixed with values at and around the hinge margins.
-SCORE_VALUES = st.one_of(
-    st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False),
-    st.sampled_from([-1.0, 0.0, 1.0, -1e4, 1e4]),
-    st.floats(-1.5, 1.5),
-)
-BATCH_SIZES = st.integers(1, 4)
 WEIGHTS = st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0.01, 10.0))
-
-
-@st.composite
-def scores(draw: st.DrawFn, n: int, dtype: torch.dtype = torch.float64) -> Scores:
-    """All three scores for a batch of ``n`` pairs."""
-    values = st.lists(SCORE_VALUES, min_size=n, max_size=n)
-    return Scores(*(torch.tensor(draw(values), dtype=dtype) for _ in FIELDS))
-
-
-@st.composite
-def real_and_fake(draw: st.DrawFn, dtype: torch.dtype = torch.float64) -> tuple[Scores, Scores]:
-    """Real and fake scores; the two batches may differ in size."""
-    return draw(scores(draw(BATCH_SIZES), dtype)), draw(scores(draw(BATCH_SIZES), dtype))
 
 
 @st.composite
@@ -58,35 +51,11 @@ def bigbigan_losses(draw: st.DrawFn) -> BigbiganLoss:
 
 ANY_LOSS = st.one_of(st.just(BiganLoss()), bigbigan_losses())
 
-# --- helpers --------------------------------------------------------------------------------------
-
-
-def leaves(s: Scores) -> Scores:
-    return Scores(*(None if t is None else t.detach().clone().requires_grad_() for t in s))
+# --- helpers (the score helpers come from bifamily.testing.losses) --------------------------------
 
 
 def weight_of(loss: Loss, name: str) -> float:
     return loss.weights.get(name, 0.0) if isinstance(loss, BigbiganLoss) else float(name == "s_xz")
-
-
-def mapped(s: Scores, fn) -> Scores:
-    return Scores(*(None if t is None else fn(t) for t in s))
-
-
-def without(s: Scores, name: str) -> Scores:
-    return s._replace(**{name: None})
-
-
-def scale_of(*all_scores: Scores) -> float:
-    """Magnitude of the scores, for tolerances on sums whose rounding grows with it."""
-    return 1.0 + max(t.abs().max().item() for s in all_scores for t in s if t is not None)
-
-
-def close(
-    actual: torch.Tensor, expected: torch.Tensor, scale: float = 1.0, rtol: float = 1e-12
-) -> None:
-    """Scalars equal up to float64 rounding, which grows with the magnitude ``scale`` of scores."""
-    assert math.isclose(actual.item(), expected.item(), rel_tol=rtol, abs_tol=1e-12 * scale)
 
 
 # --- registration, config, contract ---------------------------------------------------------------
@@ -151,10 +120,10 @@ def test_a_term_with_weight_zero_may_have_no_score() -> None:
 
 
 def test_stats_are_detached_scalars_with_the_score_means() -> None:
-    real = leaves(
+    real = score_leaves(
         Scores(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 1.0]), torch.tensor([2.0, 2.0]))
     )
-    fake = leaves(Scores(torch.tensor([-1.0]), torch.tensor([4.0]), torch.tensor([-3.0])))
+    fake = score_leaves(Scores(torch.tensor([-1.0]), torch.tensor([4.0]), torch.tensor([-3.0])))
     loss_d, d_stats = BigbiganLoss().discriminator(real, fake)
     loss_eg, eg_stats = BigbiganLoss().generator_encoder(real, fake)
     assert set(d_stats) == {"loss_d"} | {f"{side}_{n}" for side in ("real", "fake") for n in FIELDS}
@@ -228,11 +197,11 @@ def test_bigan_is_the_negated_log_likelihood_of_the_discriminator(real_values, f
     s_fake = torch.tensor(fake_values, dtype=torch.float64)
     real, fake = Scores(None, None, s_real), Scores(None, None, s_fake)
     value = torch.log(torch.sigmoid(s_real)).mean() + torch.log(1 - torch.sigmoid(s_fake)).mean()
-    close(BiganLoss().discriminator(real, fake)[0], -value, rtol=1e-8)
+    assert_close(BiganLoss().discriminator(real, fake)[0], -value, rtol=1e-8)
     swapped = (
         torch.log(torch.sigmoid(-s_real)).mean() + torch.log(1 - torch.sigmoid(-s_fake)).mean()
     )
-    close(BiganLoss().generator_encoder(real, fake)[0], -swapped, rtol=1e-8)
+    assert_close(BiganLoss().generator_encoder(real, fake)[0], -swapped, rtol=1e-8)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -241,14 +210,14 @@ def test_bigan_at_huge_logits_is_finite_with_the_right_limit(dtype: torch.dtype)
     right = (Scores(None, None, big), Scores(None, None, -big))  # D is right and confident
     wrong = (Scores(None, None, -big), Scores(None, None, big))  # D is wrong and confident
     for real, fake, loss_d, loss_eg in [(*right, 0.0, 2e4), (*wrong, 2e4, 0.0)]:
-        real, fake = leaves(real), leaves(fake)
+        real, fake = score_leaves(real), score_leaves(fake)
         d, _ = BiganLoss().discriminator(real, fake)
         eg, _ = BiganLoss().generator_encoder(real, fake)
         assert d.item() == loss_d and eg.item() == loss_eg
         for grad in torch.autograd.grad(d + eg, [real.s_xz, fake.s_xz]):
             assert torch.isfinite(grad).all()
     # Where D is confidently wrong, the gradient is the full -1/N on real and +1/N on fake.
-    real, fake = leaves(wrong[0]), leaves(wrong[1])
+    real, fake = score_leaves(wrong[0]), score_leaves(wrong[1])
     d, _ = BiganLoss().discriminator(real, fake)
     grad_real, grad_fake = torch.autograd.grad(d, [real.s_xz, fake.s_xz])
     assert torch.equal(grad_real, torch.full_like(grad_real, -0.5))
@@ -259,13 +228,15 @@ def test_bigan_at_huge_logits_is_finite_with_the_right_limit(dtype: torch.dtype)
 
 
 @PROPERTY
-@given(ANY_LOSS, st.sampled_from([torch.float32, torch.float64]).flatmap(real_and_fake))
+@given(ANY_LOSS, FLOAT_DTYPES.flatmap(real_and_fake))
 def test_losses_and_gradients_are_finite_for_any_finite_scores(loss: Loss, pair) -> None:
-    real, fake = leaves(pair[0]), leaves(pair[1])
-    for value in (loss.discriminator(real, fake)[0], loss.generator_encoder(real, fake)[0]):
-        assert torch.isfinite(value)
-        for grad in torch.autograd.grad(value, [*real, *fake], allow_unused=True):
-            assert grad is None or torch.isfinite(grad).all()
+    check_loss_outputs(loss, *pair)
+
+
+@PROPERTY
+@given(ANY_LOSS, real_and_fake())
+def test_losses_read_only_their_required_scores(loss: Loss, pair) -> None:
+    check_reads_only_required_scores(loss, *pair)
 
 
 @PROPERTY
@@ -325,28 +296,15 @@ def test_hinge_of_each_term_summed_bounds_the_hinge_of_the_sum(pair) -> None:
 
 
 @PROPERTY
-@given(ANY_LOSS, real_and_fake(), st.randoms(use_true_random=False))
-def test_losses_are_invariant_to_permuting_the_batch(loss: Loss, pair, rng) -> None:
-    real, fake = pair
-    order_real = torch.tensor(rng.sample(range(len(real.s_xz)), len(real.s_xz)))
-    order_fake = torch.tensor(rng.sample(range(len(fake.s_xz)), len(fake.s_xz)))
-    shuffled_real, shuffled_fake = (
-        mapped(real, lambda t: t[order_real]),
-        mapped(fake, lambda t: t[order_fake]),
-    )
-    scale = scale_of(real, fake)
-    for method in (loss.discriminator, loss.generator_encoder):
-        close(method(shuffled_real, shuffled_fake)[0], method(real, fake)[0], scale)
+@given(ANY_LOSS, FLOAT_DTYPES.flatmap(real_and_fake), st.integers(0, 2**32 - 1))
+def test_losses_are_invariant_to_permuting_the_batch(loss: Loss, pair, seed: int) -> None:
+    check_permutation_invariance(loss, *pair, seed=seed)
 
 
 @PROPERTY
-@given(ANY_LOSS, real_and_fake())
+@given(ANY_LOSS, FLOAT_DTYPES.flatmap(real_and_fake))
 def test_losses_are_invariant_to_duplicating_the_batch(loss: Loss, pair) -> None:
-    real, fake = pair
-    twice = lambda t: torch.cat([t, t])  # noqa: E731
-    scale = scale_of(real, fake)
-    for method in (loss.discriminator, loss.generator_encoder):
-        close(method(mapped(real, twice), mapped(fake, twice))[0], method(real, fake)[0], scale)
+    check_duplication_invariance(loss, *pair)
 
 
 @PROPERTY
@@ -361,13 +319,13 @@ def test_generator_encoder_hinge_loss_is_linear_in_the_scores(loss, n_real, n_fa
         a * loss.generator_encoder(real_a, fake_a)[0]
         + b * loss.generator_encoder(real_b, fake_b)[0]
     )
-    close(combined, expected, 100 * scale_of(real_a, real_b, fake_a, fake_b))
+    assert_close(combined, expected, 100 * scale_of(real_a, real_b, fake_a, fake_b))
 
 
 @PROPERTY
 @given(bigbigan_losses(), real_and_fake())
 def test_generator_encoder_gradient_is_exactly_plus_and_minus_weight_over_n(loss, pair) -> None:
-    real, fake = leaves(pair[0]), leaves(pair[1])
+    real, fake = score_leaves(pair[0]), score_leaves(pair[1])
     value = loss.generator_encoder(real, fake)[0]
     grads = torch.autograd.grad(value, [*real, *fake], allow_unused=True)
     for name, grad_real, grad_fake in zip(FIELDS, grads[:3], grads[3:], strict=True):
@@ -382,7 +340,7 @@ def test_generator_encoder_gradient_is_exactly_plus_and_minus_weight_over_n(loss
 @PROPERTY
 @given(bigbigan_losses(), real_and_fake())
 def test_discriminator_hinge_gradient_is_minus_weight_over_n_inside_the_margin(loss, pair) -> None:
-    real, fake = leaves(pair[0]), leaves(pair[1])
+    real, fake = score_leaves(pair[0]), score_leaves(pair[1])
     value = loss.discriminator(real, fake)[0]
     for name in loss.required_scores:
         s_real, s_fake = getattr(real, name), getattr(fake, name)
@@ -399,10 +357,7 @@ def test_discriminator_hinge_gradient_is_minus_weight_over_n_inside_the_margin(l
 def test_swapping_real_and_fake_with_negated_scores_leaves_the_discriminator_loss_unchanged(
     loss: Loss, pair
 ) -> None:
-    real, fake = pair
-    negated = lambda s: mapped(s, torch.neg)  # noqa: E731
-    swapped = loss.discriminator(negated(fake), negated(real))[0]
-    assert torch.equal(swapped, loss.discriminator(real, fake)[0])
+    check_real_fake_symmetry(loss, *pair, rtol=0.0)  # exactly: h(-(-s)) is h(s)
 
 
 @PROPERTY
@@ -437,12 +392,12 @@ def test_zeroing_a_unary_score_equals_disabling_it_up_to_the_hinge_at_zero(
     enabled, disabled = BigbiganLoss(**{key: weight}), BigbiganLoss(**{key: 0.0})
     zero = lambda s: s._replace(**{name: torch.zeros_like(getattr(s, name))})  # noqa: E731
     scale = scale_of(real, fake)
-    close(
+    assert_close(
         enabled.generator_encoder(zero(real), zero(fake))[0],
         disabled.generator_encoder(real, fake)[0],
         scale,
     )
-    close(
+    assert_close(
         enabled.discriminator(zero(real), zero(fake))[0],
         disabled.discriminator(real, fake)[0] + 2 * weight,
         scale,
@@ -454,17 +409,15 @@ def test_zeroing_a_unary_score_equals_disabling_it_up_to_the_hinge_at_zero(
 def test_discriminator_pushes_real_scores_up_and_fake_down_generator_encoder_the_reverse(
     loss: Loss, pair
 ) -> None:
-    real, fake = leaves(pair[0]), leaves(pair[1])
+    check_gradient_directions(loss, *pair)
+    real, fake = score_leaves(pair[0]), score_leaves(pair[1])
     loss_d = loss.discriminator(real, fake)[0]
     loss_eg = loss.generator_encoder(real, fake)[0]
     for name in loss.required_scores:
         s_real, s_fake = getattr(real, name), getattr(fake, name)
         d_real, d_fake = torch.autograd.grad(loss_d, [s_real, s_fake], retain_graph=True)
         eg_real, eg_fake = torch.autograd.grad(loss_eg, [s_real, s_fake], retain_graph=True)
-        # Minimising follows -grad: D raises real and lowers fake scores, E and G do the opposite.
-        assert (d_real <= 0).all() and (d_fake >= 0).all()
-        assert (eg_real >= 0).all() and (eg_fake <= 0).all()
-        # Strictly, wherever the loss is not saturated.
+        # Strictly, wherever the loss is not saturated (check_gradient_directions: never the wrong way).
         if isinstance(loss, BiganLoss):
             moderate_real, moderate_fake = s_real.abs() < 30, s_fake.abs() < 30
             assert (d_real[moderate_real] < 0).all() and (d_fake[moderate_fake] > 0).all()
