@@ -146,6 +146,12 @@ class CheckpointManager:
             return folder
         return None
 
+    def latest_step(self) -> int | None:
+        """The step of :meth:`latest`, or None when there is no checkpoint."""
+        folder = self.latest()
+        match = _STEP_FOLDER.search(folder.name) if folder is not None else None
+        return int(match.group(1)) if match else None
+
     def whole_before(self, folder: Path) -> Path | None:
         """When ``folder`` is damaged, the newest earlier checkpoint that verifies (None otherwise)."""
         match = _STEP_FOLDER.fullmatch(Path(folder).name)

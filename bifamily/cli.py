@@ -1,9 +1,8 @@
 """The ``bifamily`` command line.
 
-Exit codes: 0 success; 1 an unexpected internal error (a bug: the traceback is printed); 2 bad input
-(recipe, override, plugin, data path, checkpoint) reported as one line per problem, no traceback;
-3 training diverged (a non-finite loss or gradient, see ``[guard]``); 128 + N stopped by signal N
-(143 SIGTERM, 130 SIGINT) after writing a checkpoint (docs/reliability.md).
+Conventions: ``-h``/``--help`` on every command, each with examples; ``--version``; shell completion
+(``bifamily completion SHELL``); no colour under ``NO_COLOR`` or off a terminal; progress as plain
+lines where stderr is not a terminal; the exit codes of :data:`EXIT_CODES`, listed in ``bifamily --help``.
 """
 
 from __future__ import annotations
@@ -19,12 +18,24 @@ import click
 import tomli_w
 
 from bifamily import __version__
+from bifamily.console import echo, label, showing_run_log
 from bifamily.errors import BifamilyError, RecipeError
 from bifamily.plugins import KINDS, REGISTERED_KINDS, PluginSet, default_plugins
 from bifamily.recipe import Recipe, load
+from bifamily.scaffold import new_plugin
 from bifamily.stopping import EXIT_DIVERGED, TrainingStopped, signal_name
 
 EXIT_BAD_INPUT = 2
+EXIT_CODES = f"""\b
+Exit codes:
+  0        success
+  1        internal error (a bug: the traceback is printed)
+  {EXIT_BAD_INPUT}        bad input: recipe, --set override, plugin, data, checkpoint or command line;
+           one line per problem, naming the key or file, no traceback
+  {EXIT_DIVERGED}        training diverged: a loss or gradient was not finite ([guard] in the recipe)
+  128+N    stopped by signal N after writing a checkpoint: 130 SIGINT (Ctrl-C), 143 SIGTERM;
+           continue with --resume (docs/reliability.md)
+"""
 
 
 def _printable(text: str, *, newlines: bool = True) -> str:
@@ -39,8 +50,16 @@ def _printable(text: str, *, newlines: bool = True) -> str:
 def _fail(exc: BifamilyError) -> None:
     one_line_each = isinstance(exc, RecipeError)  # other errors may list details on further lines
     for line in exc.lines():
-        click.echo(f"error: {_printable(line, newlines=not one_line_each)}", err=True)
+        _error(_printable(line, newlines=not one_line_each))
     sys.exit(EXIT_BAD_INPUT)
+
+
+def _error(text: str) -> None:
+    echo(f"{label('error:', 'red')} {text}", err=True)
+
+
+def _stopped(text: str) -> None:
+    echo(f"{label('stopped:', 'yellow')} {text}", err=True)
 
 
 def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -52,10 +71,10 @@ def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
         except TrainingStopped as stop:
             if stop.main_rank:
                 for line in stop.lines():
-                    click.echo(f"stopped: {_printable(line)}", err=True)
+                    _stopped(_printable(line))
             sys.exit(stop.exit_code)
         except KeyboardInterrupt:  # Ctrl-C outside the training loop (which stops cleanly itself)
-            click.echo("interrupted", err=True)
+            _stopped("interrupted")
             sys.exit(130)
 
     wrapper.__name__ = fn.__name__
@@ -83,7 +102,7 @@ set_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
 @click.version_option(__version__, prog_name="bifamily")
 def main() -> None:
     """bifamily: BiGAN, ALI and BigBiGAN from declarative TOML recipes.
@@ -95,8 +114,18 @@ def main() -> None:
       bifamily validate recipes/ali.toml
       bifamily eval runs/00000-quickstart --metrics probe,knn
       bifamily sample runs/00000-quickstart -n 64 -o samples.png
+      bifamily export runs/00000-quickstart -o encoder.pt2
       bifamily plot runs/00000-quickstart
       bifamily plugins
+
+    \b
+    Shell completion (commands, options, choices, file names):
+      eval "$(bifamily completion bash)"     # in ~/.bashrc; zsh: the same with zsh, in ~/.zshrc
+      bifamily completion fish > ~/.config/fish/completions/bifamily.fish
+
+    Output: a run prints a progress bar on a terminal and a plain progress line every run.log_every
+    steps elsewhere (both also go to RUN_DIR/log.txt); no colour when NO_COLOR is set or the output
+    is not a terminal.
     """
 
 
@@ -106,7 +135,12 @@ def main() -> None:
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default: RUN.out_root/NNNNN-NAME).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out (or the latest run of this recipe) from its latest checkpoint.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved recipe and exit.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on when stderr is a terminal).")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar (default: on when stderr is a terminal); without it, a plain progress line every "
+    "run.log_every steps.",
+)
 @click.option(
     "--nproc",
     type=click.IntRange(min=1),
@@ -124,7 +158,7 @@ def run(
     progress: bool | None,
     nproc: int | None,
 ) -> None:
-    """Train the model a RECIPE describes.
+    """Train the model a RECIPE describes. Everything it prints also goes to RUN_DIR/log.txt.
 
     \b
     Examples:
@@ -146,23 +180,10 @@ def run(
         _launch(resolved, recipe, overrides, out, resume, show_progress, nproc)
         return
     world = distributed.world_from_environment(resolved.run.device)
-    with distributed.joined(world, resolved.train.collective_timeout_s):
+    with showing_run_log(bar=show_progress), distributed.joined(world, resolved.train.collective_timeout_s):
         prepared = prepare(resolved, world)
         run_dir = world.on_main(lambda: choose_run_dir(resolved, out, resume))
-        report = run_training(prepared, run_dir, resume=resume, world=world, progress=show_progress)
-    if not world.is_main:
-        return
-    click.echo(f"run directory: {report['run_dir']}")
-    if "probe_top1" in report:
-        click.echo(
-            f"linear probe top-1 on held-out images: EMA encoder {100 * report['probe_top1']:.1f}% "
-            f"vs the same encoder at initialisation {100 * report['probe_top1_init']:.1f}%"
-        )
-    if "knn_top1" in report:
-        click.echo(
-            f"k-NN top-1 on held-out images: EMA encoder {100 * report['knn_top1']:.1f}% "
-            f"vs the same encoder at initialisation {100 * report['knn_top1_init']:.1f}%"
-        )
+        run_training(prepared, run_dir, resume=resume, world=world, progress=show_progress)
 
 
 def _launch(
@@ -194,12 +215,12 @@ def _launch(
         distributed.launch(nproc, arguments)
     except distributed.RankFailed as exc:
         if exc.exitcode <= 128 and exc.exitcode != EXIT_DIVERGED:  # else rank 0 said why it stopped
-            click.echo(f"error: {exc}", err=True)
+            _error(str(exc))
         if (run_dir / "checkpoints" / "latest").exists():
-            click.echo(f"error: continue from the last checkpoint: {again}", err=True)
+            _error(f"continue from the last checkpoint: {again}")
         sys.exit(exc.exitcode if exc.exitcode > 0 else 1)
     except SignalException as exc:  # sent to this process: torchrun passed it on to the ranks and waited
-        click.echo(f"stopped: {signal_name(exc.sigval)}; continue with: {again}", err=True)
+        _stopped(f"{signal_name(exc.sigval)}; continue with: {again}")
         sys.exit(128 + int(exc.sigval))
 
 
@@ -363,6 +384,44 @@ def reconstruct(
         click.echo(save_grid(out_path.with_name(f"{out_path.stem}-iterated{out_path.suffix}"), *rec.strip(iterated)))
 
 
+@main.command("export")
+@snapshot_argument
+@click.option(
+    "-o", "--out", required=True, type=click.Path(dir_okay=False),
+    help="OUT.pt2 or OUT.safetensors: both files are written, side by side.",
+)
+@click.option(
+    "--module", type=click.Choice(["encoder", "generator"]), default="encoder", show_default=True,
+    help="The EMA encoder (images -> features) or the EMA generator (latents -> images).",
+)
+@click.option(
+    "--latent", is_flag=True,
+    help="Encoder: also output the posterior's point estimate as 'latent' (one more backbone pass per call).",
+)
+@set_option
+@_guarded
+def export_command(snapshot: str, out: str, module: str, latent: bool, overrides: tuple[str, ...]) -> None:
+    """Export the EMA encoder or generator of SNAPSHOT for use without bifamily: OUT.pt2, a
+    torch.export program (input resolution fixed, any batch size) checked against the module, and
+    OUT.safetensors, its weights with the recipe in the metadata (docs/interop.md).
+
+    \b
+    Examples:
+      bifamily export runs/00003-bigan -o encoder.pt2
+      bifamily export runs/00003-bigan/best --latent -o encoder.pt2
+      bifamily export runs/00003-bigan --module generator -o generator.pt2
+
+    \b
+    Then, with torch alone:
+      encoder = torch.export.load("encoder.pt2").module()
+      features = encoder(images)["features"]   # images: (N, C, R, R) in [-1, 1]
+    """
+    from bifamily.interop import export
+
+    for written in export(snapshot, out, module, latent=latent, overrides=list(overrides), plugins=_plugins()):
+        click.echo(written)
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="Folder of the PNGs (default: RUN_DIR/plots).")
@@ -389,7 +448,13 @@ def plot(run_dir: str, out: str | None, overrides: tuple[str, ...]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_guarded
 def plugins(as_json: bool) -> None:
-    """List installed plugins, their distributions and the components they register."""
+    """List installed plugins, their distributions and the components they register.
+
+    \b
+    Examples:
+      bifamily plugins
+      bifamily plugins --json
+    """
     plugin_set = _plugins(strict=False)
     rows = []
     for info in plugin_set.infos:
@@ -416,6 +481,26 @@ def plugins(as_json: bool) -> None:
         for kind, names in row["components"].items():
             click.echo(f"    {kind:<16} {', '.join(names)}")
 
+
+@main.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the script that makes SHELL complete bifamily's commands, options, choices and file
+    names on TAB (click's shell completion; bash needs version 4.4 or later).
+
+    \b
+    Examples:
+      eval "$(bifamily completion bash)"     # add to ~/.bashrc
+      eval "$(bifamily completion zsh)"      # add to ~/.zshrc
+      bifamily completion fish > ~/.config/fish/completions/bifamily.fish
+    """
+    from click.shell_completion import BashComplete, FishComplete, ZshComplete
+
+    script_class = {"bash": BashComplete, "zsh": ZshComplete, "fish": FishComplete}[shell]
+    click.echo(script_class(main, {}, "bifamily", "_BIFAMILY_COMPLETE").source())
+
+
+main.add_command(new_plugin)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -37,6 +37,11 @@ class RunConfig:
     sample_every: int = option(500, help="Write sample and reconstruction grids every this many steps (and at the end).", validator=positive)
     checkpoint_every: int = option(500, help="Write a checkpoint every this many steps (and at the end).", validator=positive)
     keep_checkpoints: int = option(3, help="How many recent checkpoints to keep on disk.", validator=positive)
+    tensorboard: bool = option(
+        False,
+        help="Also write losses, metrics and sample grids as TensorBoard event files to RUN_DIR/tensorboard/ "
+        "(needs the tensorboard package: pip install tensorboard).",
+    )
 
 
 @attrs.frozen

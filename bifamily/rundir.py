@@ -4,11 +4,16 @@ Layout::
 
     runs/00003-quickstart/
         recipe.toml          the resolved recipe (every default filled in)
+        log.txt              what the run printed: progress lines, warnings, results (appended on resume)
         stats.jsonl          one JSON object per logged step
         metrics.jsonl        evaluation results (step, metric, value, settings)
         samples/             EMA-generator samples on a fixed latent batch, PNG
         reconstructions/     inputs above G(E(x)) with the EMA weights, PNG
         checkpoints/         safetensors snapshot + resume state, `latest` pointer
+        tensorboard/         TensorBoard event files, with `run.tensorboard = true`
+
+Rank 0's :class:`RunWriter` tells its :class:`RunListener` objects about every record and grid it
+writes; that is how the progress lines and the TensorBoard events follow the run.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import tomli_w
 import torch
@@ -52,11 +57,22 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+class RunListener(Protocol):
+    """Told about each record and grid a :class:`RunWriter` writes (after it is on disk)."""
+
+    def appended(self, name: str, record: dict[str, Any]) -> None:
+        """``record`` was appended to the JSON-lines file ``name`` (stats.jsonl, metrics.jsonl)."""
+
+    def saved_grid(self, folder: str, step: int, images: torch.Tensor, nrow: int) -> None:
+        """A grid of ``images`` (NCHW in [-1, 1]) was saved under ``folder`` for ``step``."""
+
+
 class RunWriter:
     """Writes a run directory's files. Only the process that owns the directory (rank 0) makes one."""
 
     def __init__(self, path: Path):
         self.path = path
+        self.listeners: list[RunListener] = []
 
     def create(self, recipe_dict: dict[str, Any]) -> None:
         try:
@@ -85,11 +101,15 @@ class RunWriter:
         line = json.dumps({key: _jsonable(value) for key, value in record.items()})
         with open(self.path / name, "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
+        for listener in self.listeners:
+            listener.appended(name, record)
 
     def save_grid(self, folder: str, step: int, images: torch.Tensor, nrow: int) -> Path:
         out = self.path / folder / f"step-{step:08d}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         save_image(images.float().cpu(), out, nrow=nrow, normalize=True, value_range=(-1, 1), padding=1)
+        for listener in self.listeners:
+            listener.saved_grid(folder, step, images, nrow)
         return out
 
 

@@ -10,13 +10,15 @@ gradient all-reduce (within ``train.collective_timeout_s``).
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import attrs
 import torch
-from tqdm import tqdm
 
 from bifamily import __version__
 from bifamily.batchnorm import batch_norm_for
@@ -41,7 +43,12 @@ from bifamily.plugins import PluginSet, default_plugins
 from bifamily.precision import spectral_norm_in_fp32
 from bifamily.recipe import REPORT_METRICS, Recipe
 from bifamily.rundir import RunWriter, latest_run_dir, new_run_dir
+from bifamily.runlog import REPORT, ROOT, ProgressLines, file_log
+from bifamily.tensorboard_events import FOLDER as TENSORBOARD_FOLDER
+from bifamily.tensorboard_events import TensorBoardEvents, missing_package_problems
 from bifamily.train import RECON_SIZE, Trainer, make_state
+
+_notes, _results = logging.getLogger(ROOT), logging.getLogger(REPORT)
 
 
 @attrs.define
@@ -65,6 +72,8 @@ def prepare(recipe: Recipe, world: World | None = None, plugins: PluginSet | Non
         world = World(device=resolve_device(recipe.run.device))
     device = world.device
     problems = config_problems(recipe.train, world.size, device)
+    if recipe.run.tensorboard:
+        problems += missing_package_problems()
     if problems:
         raise RecipeError(problems, source=recipe.source)
     ctx = make_context(recipe, device, batch_norm=batch_norm_for(device, world.size))
@@ -142,32 +151,79 @@ def choose_run_dir(recipe: Recipe, out: str | None, resume: bool) -> Path:
 def run_training(
     prepared: Prepared, run_dir: Path, *, resume: bool, world: World = World(), progress: bool = True
 ) -> dict[str, Any]:
+    """Train in ``run_dir`` (from its latest checkpoint when ``resume``) and return the report.
+
+    Rank 0 writes RUN_DIR/log.txt, a progress line every ``run.log_every`` steps (``progress``: a
+    progress bar shows them on the terminal instead) and, with ``run.tensorboard``, TensorBoard events.
+    """
     recipe, model = prepared.recipe, prepared.model
     state = make_state(recipe, model, prepared.train_data, world)
     trainer = Trainer(recipe, state, run_dir, world=world, progress=progress)
-    resumed_step = None
-    if resume:
-        latest = trainer.checkpoints.latest()
-        if latest is None:
-            damaged = sorted((run_dir / "checkpoints").glob("step-*"))
-            if not damaged:
-                raise CheckpointError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
-            latest = damaged[-1]  # restoring it raises the error that names the damaged file
-        resumed_step = trainer.resume(latest)  # verifies the checkpoint before anything is appended
-        if world.is_main:
-            print(f"resumed {run_dir} at step {resumed_step}", file=sys.stderr)
-    elif world.is_main:
+    if world.is_main and not resume:
         RunWriter(run_dir).create(recipe.to_dict())
-    recon = torch.stack([prepared.test_data[i][0] for i in range(min(RECON_SIZE, len(prepared.test_data)))])
-    schedule = ScheduledEvaluation(prepared, run_dir, resumed_step) if prepared.scheduled and world.is_main else None
-    trainer.fit(recon, schedule)
-    report: dict[str, Any] = {"run_dir": str(run_dir), "step": state.step}
-    if world.is_main and prepared.report:
-        final = schedule.records if schedule is not None and schedule.step == state.step else []
-        record = probe_report(prepared, state.ema_generator.module, state.ema_encoder.module, state.step, final)
-        trainer.writer.append("metrics.jsonl", record)
-        report.update({key: value for key, value in record.items() if key not in ("step", "metric", "settings")})
+    with contextlib.ExitStack() as outputs:
+        if world.is_main:
+            outputs.enter_context(file_log(run_dir, _headline(recipe, run_dir, resume)))
+        resumed_step = _resume(trainer, run_dir, world) if resume else None
+        if world.is_main:
+            _follow_run(trainer, outputs)
+        recon = torch.stack([prepared.test_data[i][0] for i in range(min(RECON_SIZE, len(prepared.test_data)))])
+        schedule = ScheduledEvaluation(prepared, run_dir, resumed_step) if prepared.scheduled and world.is_main else None
+        trainer.fit(recon, schedule)
+        report: dict[str, Any] = {"run_dir": str(run_dir), "step": state.step}
+        if world.is_main and prepared.report:
+            final = schedule.records if schedule is not None and schedule.step == state.step else []
+            record = probe_report(prepared, state.ema_generator.module, state.ema_encoder.module, state.step, final)
+            trainer.writer.append("metrics.jsonl", record)
+            report.update({key: value for key, value in record.items() if key not in ("step", "metric", "settings")})
+        if world.is_main:
+            for line in report_lines(report):
+                _results.info(line)
     return report
+
+
+def _headline(recipe: Recipe, run_dir: Path, resume: bool) -> str:
+    what = "resuming" if resume else "starting"
+    return (
+        f"bifamily {__version__}: {what} {recipe.run.name!r} ({recipe.run.steps} steps) in {run_dir}; "
+        f"command: {shlex.join(sys.argv)}"
+    )
+
+
+def _resume(trainer: Trainer, run_dir: Path, world: World) -> int:
+    """Load the latest checkpoint (every rank); its step."""
+    latest = trainer.checkpoints.latest()
+    if latest is None:
+        damaged = sorted((run_dir / "checkpoints").glob("step-*"))
+        if not damaged:
+            raise CheckpointError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
+        latest = damaged[-1]  # restoring it raises the error that names the damaged file
+    step = trainer.resume(latest)  # verifies the checkpoint before anything is appended
+    if world.is_main:
+        _notes.info(f"resumed {run_dir} at step {step}")
+    return step
+
+
+def _follow_run(trainer: Trainer, outputs: contextlib.ExitStack) -> None:
+    """Rank 0: progress lines and, with ``run.tensorboard``, TensorBoard events from the run's records."""
+    run = trainer.recipe.run
+    trainer.writer.listeners.append(ProgressLines(run.steps, trainer.state.step))
+    if run.tensorboard:
+        events = TensorBoardEvents(trainer.writer.path / TENSORBOARD_FOLDER)
+        outputs.callback(events.close)
+        trainer.writer.listeners.append(events)
+
+
+def report_lines(report: dict[str, Any]) -> list[str]:
+    """The end-of-run report as the lines a run prints."""
+    lines = [f"run directory: {report['run_dir']}"]
+    for metric, what in (("probe", "linear probe"), ("knn", "k-NN")):
+        if f"{metric}_top1" in report:
+            lines.append(
+                f"{what} top-1 on held-out images: EMA encoder {100 * report[f'{metric}_top1']:.1f}% "
+                f"vs the same encoder at initialisation {100 * report[f'{metric}_top1_init']:.1f}%"
+            )
+    return lines
 
 
 class ScheduledEvaluation:
@@ -184,11 +240,19 @@ class ScheduledEvaluation:
         )
         self.step: int | None = None
         self.records: list[Record] = []
+        self.rollbacks_seen: int | None = None  # the trainer's count at the first tick (resumed runs carry one)
+
+    def _follow_rollbacks(self, trainer: Trainer) -> None:
+        """After a guard rollback to the latest checkpoint, drop the bests of the abandoned steps."""
+        if self.rollbacks_seen is not None and trainer.rollbacks != self.rollbacks_seen and self.best is not None:
+            self.best.rewind(trainer.checkpoints.latest_step() or 0)
+        self.rollbacks_seen = trainer.rollbacks
 
     def due(self, step: int) -> bool:
         return step % self.every == 0 or step == self.last
 
     def __call__(self, trainer: Trainer) -> None:
+        self._follow_rollbacks(trainer)
         step = trainer.state.step
         if not self.due(step):
             return
@@ -199,7 +263,7 @@ class ScheduledEvaluation:
         )
         self.step, self.records = step, evaluate(p.scheduled, subject, step)
         write_records(trainer.writer, self.records)
-        tqdm.write(format_table(self.records))
+        _results.info(format_table(self.records))
         if self.best is not None:
             self._keep_best(trainer, step)
 
@@ -208,8 +272,9 @@ class ScheduledEvaluation:
         name = self.best.value_name
         value = next(r.result.values[name] for r in self.records if name in r.result.values)
         metadata = {"recipe": self.prepared.recipe.to_json(), "bifamily_version": __version__}
-        if self.best.offer(value, step, trainer.state.snapshot_modules(), metadata):
-            tqdm.write(f"best {name} so far ({value:.4f} at step {step}): {self.best.path}")
+        checkpointed = trainer.checkpoints.latest_step()
+        if self.best.offer(value, step, trainer.state.snapshot_modules(), metadata, checkpointed if checkpointed is not None else -1):
+            _results.info(f"best {name} so far ({value:.4f} at step {step}): {self.best.path}")
 
 
 def probe_report(

@@ -227,3 +227,31 @@ def test_the_best_snapshot_keeps_the_best_value_and_forgets_an_abandoned_timelin
     assert not best.path.exists()
     lower = BestSnapshot(tmp_path, "fid", "min")
     assert [lower.offer(v, s, modules, {}) for s, v in [(1, 3.0), (2, 2.0), (3, 2.5)]] == [True, True, False]
+
+
+def test_a_rewind_puts_back_the_best_of_the_latest_checkpoint(tmp_path):
+    """Checkpoint at step 2; bests at 1 and 2 (committed), then 3 and 4 (after it): a rollback to the
+    checkpoint restores step 2's best, with its value, whatever came after."""
+    modules = {"net": nn.Linear(2, 2)}
+    best = BestSnapshot(tmp_path, "probe_top1", "max")
+    for step, value, checkpointed in [(1, 0.5, 0), (2, 0.6, 0), (3, 0.7, 2), (4, 0.8, 2)]:
+        with torch.no_grad():
+            modules["net"].weight.fill_(step)
+        assert best.offer(value, step, modules, {}, checkpointed_step=checkpointed)
+    best.rewind(2)
+    tensors, metadata = read_snapshot(best.path)
+    assert metadata["step"] == "2" and best.value == 0.6 and torch.all(tensors["net.weight"] == 2)
+    assert not best.committed_path.exists()
+    assert not best.offer(0.55, 3, modules, {}, checkpointed_step=2)  # the restored value is the bar
+    best.rewind(0)  # before every best: nothing is left
+    assert best.value is None and not best.path.exists()
+
+
+def test_latest_step_names_the_step_of_the_latest_checkpoint(tmp_path):
+    from bifamily.checkpoint import CheckpointManager
+
+    manager = CheckpointManager(tmp_path / "checkpoints")
+    assert manager.latest_step() is None
+    (tmp_path / "checkpoints" / "step-00000120").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "latest").write_text("step-00000120")
+    assert manager.latest_step() == 120
