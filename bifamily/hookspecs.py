@@ -1,6 +1,6 @@
 """Every hook a bifamily plugin can implement.
 
-A plugin is an importable module (or object) with functions decorated by ``bifamily.hookimpl`` and
+A plugin is an importable module (or object) with functions decorated by ``bifamily.hookspecs.hookimpl`` and
 named after the specs below. Each registration hook receives a ``register(name, config_cls)`` callback;
 ``config_cls`` is a frozen attrs class whose fields are the recipe keys of that component (declared
 with :func:`bifamily.config.option`) and whose ``build(ctx)`` method returns the built object. A recipe
