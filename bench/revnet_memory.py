@@ -1,21 +1,33 @@
-"""RevNet-50: training memory and step time with reversible backward vs stored activations.
+"""RevNet-50: training memory and step time with its memory-saving backward vs stored activations.
 
     python bench/revnet_memory.py                    # batch 32 at 128x128, RevNet-50 x1 at 1/4 width
     python bench/revnet_memory.py --base-width 64    # paper width (slow on a CPU; the default on CUDA)
 
-Both modes build the same weights (same seed) and run forward + backward of the RevNet-50 trunk and
-its global average pool (``features``; the residual MLP head after it is the same in both modes and
-keeps only (N, 4096) vectors, but its 4096 x 4096 weight-gradient temporaries, 64 MiB each, would
-swamp every peak) on the same batch in training mode, with the parameter gradients already
-allocated, so that the figures are activation memory. Three measurements per mode:
+Three builds of the same weights (same seed) run forward + backward of the RevNet-50 trunk and its
+global average pool (``features``; the residual MLP head after it is the same in every mode and keeps
+only (N, 4096) vectors, but its 4096 x 4096 weight-gradient temporaries, 64 MiB each, would swamp
+every peak) on the same batch in training mode, with the parameter gradients already allocated, so
+that the figures are activation memory:
+
+- stored: ``reversible_backward = false``, ordinary autograd (the equivalent non-reversible network);
+- reversible: ``reversible_backward = true`` as shipped: the reversible stages recompute their
+  activations from their outputs and the (non-invertible) stem keeps only its max-pool's argmax
+  positions;
+- reversible_stages_only: the same, but with the stem under ordinary autograd, to show what each of
+  the two contributes.
+
+Per mode:
 
 - saved_bytes: bytes autograd keeps between forward and backward (a ``saved_tensors_hooks``
-  census of unique storages, excluding parameters, buffers and the input batch);
+  census of unique storages, excluding parameters, buffers and the input batch; the custom
+  backward functions save through the same hooks);
 - peak_bytes: peak of live tensor memory above the start of the step, during forward + backward
   (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the allocation/free events of the PyTorch
-  profiler, accumulated in time order -- tracemalloc cannot see torch's allocator);
+  profiler, accumulated in time order -- tracemalloc cannot see torch's allocator). Memory does not
+  depend on machine load;
 - step_seconds / step_cpu_seconds: median wall / process CPU time of forward + backward over
-  ``--steps`` steps (no profiler), the two modes alternating.
+  ``--steps`` steps (no profiler), the modes alternating. Times do depend on load: on a shared
+  machine compare the ratios, which are taken from interleaved steps.
 
 Also counts parameters of the paper-size encoders (256x256 input, MLP width 4096), built on the
 meta device so nothing is allocated. Prints a summary and writes bench/results/revnet_memory.json.
@@ -25,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -32,10 +45,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bifamily.context import BuildContext
+from bifamily_resnet.argmax_stem import ArgmaxStem
 from bifamily_resnet.configs import ResNetV2Config, RevNetConfig
 
 RESULTS = Path(__file__).parent / "results" / "revnet_memory.json"
@@ -127,9 +142,17 @@ def memory(model: torch.nn.Module, x: torch.Tensor) -> dict[str, int]:
     return {"saved_bytes": saved, "peak_bytes": peak_step_bytes(model, x)}
 
 
-def build(config: RevNetConfig, ctx: BuildContext, device: torch.device) -> torch.nn.Module:
-    torch.manual_seed(0)  # both modes get the same weights
-    return config.build(ctx).to(device).train()
+MODES = ("stored", "reversible", "reversible_stages_only")
+
+
+def build_mode(
+    mode: str, config: RevNetConfig, ctx: BuildContext, device: torch.device
+) -> torch.nn.Module:
+    torch.manual_seed(0)  # every mode gets the same weights
+    model = attrs.evolve(config, reversible_backward=mode != "stored").build(ctx)
+    if mode == "reversible_stages_only" and isinstance(model.trunk[0], ArgmaxStem):
+        model.trunk[0] = torch.nn.Sequential(*model.trunk[0])  # same modules, ordinary autograd
+    return model.to(device).train()
 
 
 def _millions(config: Any, ctx: BuildContext) -> dict[str, float]:
@@ -177,14 +200,11 @@ def main() -> None:
     side = args.resolution
     x = torch.randn(args.batch, 3, side, side, generator=torch.Generator().manual_seed(1)).to(device)
     shape = dict(width=args.width, base_width=args.base_width, mlp_width=64)  # head unused
-    models = {
-        mode: build(RevNetConfig(**shape, reversible_backward=mode == "reversible"), ctx, device)
-        for mode in ("stored", "reversible")
-    }
+    models = {mode: build_mode(mode, RevNetConfig(**shape), ctx, device) for mode in MODES}
     rows = {mode: memory(model, x) for mode, model in models.items()}
     for mode, seconds in step_times(models, x, args.steps).items():
         rows[mode].update(seconds)
-    stored, reversible = rows["stored"], rows["reversible"]
+    stored = rows["stored"]
     result = {
         "setup": {
             "model": f"RevNet-50 x{args.width} trunk + average pool (base_width {args.base_width})",
@@ -194,16 +214,14 @@ def main() -> None:
             "device": str(device),
             "cpu": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(),
+            "load_average_1min": os.getloadavg()[0],
             "torch": torch.__version__,
             "timed_steps": args.steps,
         },
-        "stored": stored,
-        "reversible": reversible,
-        "ratio_reversible_to_stored": {
-            "saved_bytes": reversible["saved_bytes"] / stored["saved_bytes"],
-            "peak_bytes": reversible["peak_bytes"] / stored["peak_bytes"],
-            "step_seconds": reversible["step_seconds"] / stored["step_seconds"],
-            "step_cpu_seconds": reversible["step_cpu_seconds"] / stored["step_cpu_seconds"],
+        **rows,
+        **{
+            f"ratio_{mode}_to_stored": {key: rows[mode][key] / stored[key] for key in stored}
+            for mode in MODES[1:]
         },
         "paper_size_parameter_counts": paper_size_parameter_counts(),
     }
@@ -212,17 +230,19 @@ def main() -> None:
 
     mib = 2**20
     print(result["setup"]["model"], f"batch {args.batch} at {args.resolution}px on {device}")
-    print(f"{'':12}{'saved MiB':>12}{'peak MiB':>12}{'step s':>10}{'step CPU s':>12}")
-    for name, row in (("stored", stored), ("reversible", reversible)):
+    print(f"{'':24}{'saved MiB':>12}{'peak MiB':>12}{'step s':>10}{'step CPU s':>12}")
+    for mode in MODES:
+        row = rows[mode]
         print(
-            f"{name:12}{row['saved_bytes'] / mib:12.1f}{row['peak_bytes'] / mib:12.1f}"
+            f"{mode:24}{row['saved_bytes'] / mib:12.1f}{row['peak_bytes'] / mib:12.1f}"
             f"{row['step_seconds']:10.3f}{row['step_cpu_seconds']:12.3f}"
         )
-    r = result["ratio_reversible_to_stored"]
-    print(
-        f"{'ratio':12}{r['saved_bytes']:12.2f}{r['peak_bytes']:12.2f}"
-        f"{r['step_seconds']:10.2f}{r['step_cpu_seconds']:12.2f}"
-    )
+    for mode in MODES[1:]:
+        r = result[f"ratio_{mode}_to_stored"]
+        print(
+            f"{'ratio ' + mode:24}{r['saved_bytes']:12.2f}{r['peak_bytes']:12.2f}"
+            f"{r['step_seconds']:10.2f}{r['step_cpu_seconds']:12.2f}"
+        )
     print("parameters (millions) at 256px, mlp_width 4096:")
     for name, counts in result["paper_size_parameter_counts"].items():
         print(

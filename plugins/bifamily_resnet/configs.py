@@ -147,9 +147,10 @@ class RevNetConfig:
     reversible_backward: bool = option(
         True,
         help=(
-            "true: backward recomputes each reversible stage's activations from its output (the "
-            "memory saving of RevNet, about one extra forward pass of compute). false: the same "
-            "network with ordinary stored-activation autograd."
+            "true: the memory-saving backward of RevNet: each reversible stage recomputes its "
+            "activations from its output (about one extra forward pass of compute), and the 7x7 "
+            "stem keeps only its max-pool's argmax positions. false: the same network with "
+            "ordinary stored-activation autograd."
         ),
     )
 

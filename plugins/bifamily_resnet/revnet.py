@@ -8,6 +8,10 @@ pool) and double the width (zero channels) -- not invertible, but they store not
 Each coupling's residual is a pre-activation bottleneck on one half (``2c * 2**i`` channels,
 inner width a quarter of that). The trunk ends with BN and no ReLU, as in that RevNet; its pooled
 output has the ResNet's size (``32c``: 2048 at x1, 8192 at x4).
+
+With ``recompute`` (RevNet proper), training keeps only what cannot be rebuilt: each stage's output
+(the downsampling blocks are not invertible) and, for the 7x7 stem, the max-pool's argmax positions
+(:mod:`.argmax_stem`); the image itself is held by the caller.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .argmax_stem import ArgmaxStem
 from .layers import BatchNormFactory, preactivated_bottleneck, stem
 from .resnet_v2 import BLOCKS_PER_STAGE
 from .reversible import AdditiveCoupling, ReversibleStage
@@ -46,7 +51,9 @@ def revnet_trunk(
 ) -> tuple[nn.Sequential, int]:
     """The trunk up to its final BN (before pooling), and its number of output channels."""
     width = 4 * base_channels
-    layers: list[nn.Module] = [stem(channels, width, small_input)]
+    root = stem(channels, width, small_input)
+    # The small-input stem is one convolution that keeps only the image; nothing to save there.
+    layers: list[nn.Module] = [ArgmaxStem(*root) if recompute and not small_input else root]
     for stage, couplings in enumerate(BLOCKS_PER_STAGE[depth]):
         if stage > 0:
             layers.append(PoolAndWiden())

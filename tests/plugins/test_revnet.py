@@ -16,6 +16,9 @@ from bifamily_resnet.reversible import AdditiveCoupling, ReversibleStage
 
 TINY = dict(base_width=8, mlp_width=32)
 CTX = BuildContext(resolution=32, channels=3, latent_dim=16)
+# Both stems at 32 px: the 3x3 conv (the default there) and the 7x7 conv + max-pool with its own
+# memory-saving backward (ArgmaxStem).
+STEMS = pytest.mark.parametrize("small_input", [True, False], ids=["3x3 stem", "7x7 stem + max-pool"])
 
 
 @pytest.fixture(autouse=True)
@@ -46,19 +49,21 @@ def gradients(model: nn.Module, x: torch.Tensor, weights: torch.Tensor) -> dict[
     return {"input": x.grad, **{name: p.grad for name, p in model.named_parameters()}}
 
 
-def test_reversible_gradients_equal_stored_gradients() -> None:
+@STEMS
+def test_reversible_gradients_equal_stored_gradients(small_input: bool) -> None:
     x, weights = batch()
-    reversible = gradients(build(True), x, weights)
-    stored = gradients(build(False), x, weights)
+    reversible = gradients(build(True, small_input=small_input), x, weights)
+    stored = gradients(build(False, small_input=small_input), x, weights)
     assert reversible.keys() == stored.keys()
     for name, grad in stored.items():
         assert grad.abs().sum() > 0, name
         torch.testing.assert_close(reversible[name], grad, rtol=1e-9, atol=1e-9 * grad.abs().max())
 
 
-def test_running_statistics_after_a_training_step_are_identical() -> None:
+@STEMS
+def test_running_statistics_after_a_training_step_are_identical(small_input: bool) -> None:
     x, weights = batch()
-    models = {mode: build(mode) for mode in (True, False)}
+    models = {mode: build(mode, small_input=small_input) for mode in (True, False)}
     for model in models.values():
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         (model(x) * weights).sum().backward()
@@ -119,20 +124,30 @@ def test_two_couplings_form_a_revnet_block() -> None:
         torch.testing.assert_close(out, torch.cat([y1, x2 + g(y1)], dim=1))
 
 
-def test_bfloat16_autocast_recomputes_under_the_same_autocast() -> None:
+@STEMS
+def test_bfloat16_autocast_recomputes_under_the_same_autocast(small_input: bool) -> None:
     x, weights = batch(torch.float32)
     grads = {}
     for mode in (True, False):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            grads[mode] = gradients(build(mode, torch.float32), x, weights)
+            grads[mode] = gradients(build(mode, torch.float32, small_input=small_input), x, weights)
+    # The 7x7 stem's backward convolves in bfloat16 too, but in batch chunks and with its own
+    # max-pool scatter, so its two gradients round differently: they agree to bfloat16 precision.
+    stem_gradients = set() if small_input else {"input", "trunk.0.0.weight"}
     for name, grad in grads[False].items():
-        # the branches recompute the very same bfloat16 values; only the float32 stream rounds
-        torch.testing.assert_close(grads[True][name], grad, rtol=1e-4, atol=1e-5 * grad.abs().max())
+        if name in stem_gradients:
+            torch.testing.assert_close(grads[True][name], grad, rtol=0, atol=2e-2 * grad.abs().max())
+        else:
+            # the branches recompute the very same bfloat16 values; only the float32 stream rounds
+            tolerance = dict(rtol=1e-4, atol=1e-5 * grad.abs().max())
+            torch.testing.assert_close(grads[True][name], grad, **tolerance)
 
 
-def test_eval_and_no_grad_forward_match_the_stored_network() -> None:
+@STEMS
+def test_eval_and_no_grad_forward_match_the_stored_network(small_input: bool) -> None:
     x, _ = batch()
-    reversible, stored = build(True).eval(), build(False).eval()
+    reversible = build(True, small_input=small_input).eval()
+    stored = build(False, small_input=small_input).eval()
     expected = stored(x)
     torch.testing.assert_close(reversible(x), expected, rtol=0, atol=0)  # through the autograd function
     with torch.no_grad():
