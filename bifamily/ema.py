@@ -31,8 +31,9 @@ class EMA:
 
     @torch.no_grad()
     def update(self, live: nn.Module, decay: float) -> None:
-        averaged = list(self.module.parameters())
-        current = [p.detach() for p in live.parameters()]
-        torch._foreach_lerp_(averaged, current, 1.0 - decay)
-        for mine, theirs in zip(self.module.buffers(), live.buffers()):
-            mine.copy_(theirs)
+        """Move every averaged weight towards the live one and take the live buffers: two multi-tensor
+        (``_foreach``) operations over the whole module instead of a kernel per tensor."""
+        torch._foreach_lerp_(list(self.module.parameters()), list(live.parameters()), 1.0 - decay)
+        buffers = list(self.module.buffers())
+        if buffers:
+            torch._foreach_copy_(buffers, list(live.buffers()))

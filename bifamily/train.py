@@ -20,8 +20,8 @@ the current step, write a checkpoint and stop; the ranks of a distributed run ag
 
 from __future__ import annotations
 
+import logging
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -269,9 +269,20 @@ class Trainer:
         self.state.ema_generator.update(self.model.generator, decay)
         self.state.ema_encoder.update(self.model.encoder, decay)
 
+    def train_step(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """One iteration: this step's random streams, ``train.d_steps`` D updates, the joint G+E update
+        and EMA; returns the last D update's and the G+E update's statistics (device tensors)."""
+        self.streams.start_step(self.state.step)
+        for _ in range(self.recipe.train.d_steps):
+            d_stats = self.d_step()
+        ge_stats = self.ge_step()
+        self.ema_step()
+        self.state.step += 1
+        return d_stats, ge_stats
+
     # -- outputs (rank 0) --------------------------------------------------------------------------
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def write_grids(self, recon_images: torch.Tensor) -> None:
         step = self.state.step
         generator = self.state.ema_generator.module
@@ -455,10 +466,9 @@ class Trainer:
         self._bar.refresh()
         self._last_time, self._last_step = time.perf_counter(), self.state.step
         if main:
-            tqdm.write(
+            logging.getLogger("bifamily").warning(
                 f"{headline}: rolled back to step {self.state.step} "
-                f"(rollback {self._rollbacks_since_checkpoint} of at most {guard.max_rollbacks}), with a fresh data order",
-                file=sys.stderr,
+                f"(rollback {self._rollbacks_since_checkpoint} of at most {guard.max_rollbacks}), with a fresh data order"
             )
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -485,14 +495,7 @@ class Trainer:
         try:
             with self.stop_signals.installed():
                 while state.step < run.steps:
-                    # This step's random streams, then the D steps, the joint G+E step and EMA.
-                    self.streams.start_step(state.step)
-                    for _ in range(train.d_steps):
-                        d_stats = self.d_step()
-                    ge_stats = self.ge_step()
-                    self.ema_step()
-                    state.step += 1
-
+                    d_stats, ge_stats = self.train_step()
                     signum = self._agreed_stop()
                     failure = self._tick(d_stats, ge_stats, recon_images, stopping=bool(signum))
                     if failure is not None:
