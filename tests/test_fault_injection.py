@@ -26,6 +26,8 @@ from safetensors.torch import load_file
 from bifamily import checkpoint
 from bifamily.checkpoint import CheckpointManager
 
+from tiny_model import TINY_MODEL
+
 RECIPE = """
 [run]
 name = "fault"
@@ -33,39 +35,7 @@ log_every = 2
 sample_every = 1000
 checkpoint_every = 1
 keep_checkpoints = 2
-[train]
-batch_size = 8
-d_steps = 1
-[eval]
-probe = false
-[data]
-kind = "procedural"
-resolution = 16
-train_size = 40
-test_size = 16
-[prior]
-kind = "gaussian"
-dim = 8
-[generator]
-kind = "dcgan"
-ch = 4
-max_ch = 8
-[encoder]
-kind = "dcgan"
-ch = 4
-max_ch = 8
-[posterior]
-kind = "gaussian"
-[discriminator]
-kind = "dcgan"
-ch = 4
-max_ch = 8
-z_width = 16
-joint_width = 16
-dropout = 0.2
-[loss]
-kind = "bigbigan"
-"""
+""" + TINY_MODEL
 ENV = {**os.environ, "BIFAMILY_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1"}
 ATTEMPT_TIMEOUT_S = 180
 MODES = ("during a checkpoint write", "after progress", "during start-up")

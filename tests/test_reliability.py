@@ -32,6 +32,8 @@ from bifamily.plugins import AUTOLOAD_ENV, BLOCK_ENV, default_plugins
 from bifamily.stopping import DUPLICATE_WINDOW_S, StopSignals
 from bifamily.train import Trainer
 
+from tiny_model import TINY_MODEL
+
 RECIPE = """
 [run]
 name = "tiny"
@@ -39,39 +41,7 @@ steps = 6
 log_every = 2
 sample_every = 1000
 checkpoint_every = 2
-[train]
-batch_size = 8
-d_steps = 1
-[eval]
-probe = false
-[data]
-kind = "procedural"
-resolution = 16
-train_size = 40
-test_size = 16
-[prior]
-kind = "gaussian"
-dim = 8
-[generator]
-kind = "dcgan"
-ch = 4
-max_ch = 8
-[encoder]
-kind = "dcgan"
-ch = 4
-max_ch = 8
-[posterior]
-kind = "gaussian"
-[discriminator]
-kind = "dcgan"
-ch = 4
-max_ch = 8
-z_width = 16
-joint_width = 16
-dropout = 0.2
-[loss]
-kind = "bigbigan"
-"""
+""" + TINY_MODEL
 
 
 @pytest.fixture(scope="module")
