@@ -2,22 +2,45 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import attrs
 import torch
 
-from bifamily.config import non_negative, option, positive
+from bifamily.config import InvalidValue, non_negative, option, positive
 from bifamily.context import BuildContext
 from bifamily.errors import RecipeError
 from bifamily.hookspecs import Register, hookimpl
 
 from .discriminator import (
-    DISCRIMINATOR_BLOCKS,
+    DISCRIMINATOR_DOWNSAMPLES,
+    DISCRIMINATOR_WIDTHS,
     BigBiGANDiscriminator,
     discriminator_block_resolutions,
 )
 from .generator import GENERATOR_WIDTHS, BigGANGenerator, generator_block_resolutions
 
 _CH_HELP = "Channel width multiplier (BigGAN's ch); the paper's models use 96."
+_GENERATOR_STAGES = "the 4x4 input and each up-block's output"
+_DISCRIMINATOR_STAGES = "each down-block"
+
+
+def _toml(values: Sequence[object]) -> str:
+    """``values`` as a recipe would write them: [4, 4, 2, 1] or [true, false]."""
+    return "[" + ", ".join(str(value).lower() for value in values) + "]"
+
+
+def _all_positive(_instance: object, attribute: attrs.Attribute, values: tuple[int, ...]) -> None:
+    if any(value <= 0 for value in values):
+        raise InvalidValue(attribute.name, f"every entry must be > 0, got {_toml(values)}")
+
+
+def _per_block_help(meaning: str, stages: str, layouts: Mapping[int, Sequence[object]]) -> str:
+    defaults = "; ".join(f"{resolution}: {_toml(layout)}" for resolution, layout in layouts.items())
+    return (
+        f"{meaning}: one entry for {stages}, so the count depends on $.data.resolution. "
+        f"Empty: BigGAN's layout at that resolution, {defaults}."
+    )
 
 
 def _check_resolution(resolution: int, supported: dict[int, object], section: str) -> None:
@@ -26,6 +49,18 @@ def _check_resolution(resolution: int, supported: dict[int, object], section: st
         raise RecipeError(
             [f"$.data.resolution: {resolution} has no BigGAN layout for $.{section}; use one of {choices}"]
         )
+
+
+def _per_block_problems(
+    key: str, values: Sequence[object], default: Sequence[object], resolution: int, stages: str
+) -> list[str]:
+    """A per-block list must be empty (BigGAN's layout) or have exactly one entry per stage."""
+    if not values or len(values) == len(default):
+        return []
+    return [
+        f"{key}: has {len(values)} entries, but $.data.resolution = {resolution} needs {len(default)}, "
+        f"one for {stages} (BigGAN's: {_toml(default)}; [] selects it)"
+    ]
 
 
 def _attention_problems(attention: int, sides: list[int], resolution: int, section: str) -> list[str]:
@@ -47,6 +82,13 @@ class BigGANGeneratorConfig:
     """
 
     ch: int = option(96, help=_CH_HELP, validator=positive)
+    multipliers: tuple[int, ...] = option(
+        (),
+        help=_per_block_help(
+            "Widths as multiples of ch (BigGAN's G_arch)", _GENERATOR_STAGES, GENERATOR_WIDTHS
+        ),
+        validator=_all_positive,
+    )
     shared_dim: int = option(
         128,
         help="Width of the learned vector that stands in for BigGAN's shared class embedding.",
@@ -67,8 +109,12 @@ class BigGANGeneratorConfig:
 
     def build(self, ctx: BuildContext) -> BigGANGenerator:
         _check_resolution(ctx.resolution, GENERATOR_WIDTHS, "generator")
+        default = GENERATOR_WIDTHS[ctx.resolution]
         sides = generator_block_resolutions(ctx.resolution)
-        problems = _attention_problems(self.attention, sides, ctx.resolution, "generator")
+        problems = _per_block_problems(
+            "$.generator.multipliers", self.multipliers, default, ctx.resolution, _GENERATOR_STAGES
+        )
+        problems += _attention_problems(self.attention, sides, ctx.resolution, "generator")
         chunks = len(sides) + 1
         if self.hierarchical and ctx.latent_dim % chunks:
             problems.append(
@@ -84,7 +130,7 @@ class BigGANGeneratorConfig:
                 resolution=ctx.resolution,
                 channels=ctx.channels,
                 latent_dim=ctx.latent_dim,
-                ch=self.ch,
+                widths=[self.ch * multiplier for multiplier in self.multipliers or default],
                 shared_dim=self.shared_dim,
                 attention=self.attention,
                 hierarchical=self.hierarchical,
@@ -99,6 +145,21 @@ class BigBiGANDiscriminatorConfig:
     """
 
     ch: int = option(96, help=_CH_HELP, validator=positive)
+    multipliers: tuple[int, ...] = option(
+        (),
+        help=_per_block_help(
+            "Output widths as multiples of ch (BigGAN's D_arch)", _DISCRIMINATOR_STAGES, DISCRIMINATOR_WIDTHS
+        ),
+        validator=_all_positive,
+    )
+    downsample: tuple[bool, ...] = option(
+        (),
+        help=_per_block_help(
+            "Whether the block halves the side (BigGAN's D_arch downsample)",
+            _DISCRIMINATOR_STAGES,
+            DISCRIMINATOR_DOWNSAMPLES,
+        ),
+    )
     attention: int = option(
         64,
         help="Feature-map side after which F applies self-attention (0 = no attention).",
@@ -110,9 +171,18 @@ class BigBiGANDiscriminatorConfig:
     )
 
     def build(self, ctx: BuildContext) -> BigBiGANDiscriminator:
-        _check_resolution(ctx.resolution, DISCRIMINATOR_BLOCKS, "discriminator")
-        sides = discriminator_block_resolutions(ctx.resolution)
-        problems = _attention_problems(self.attention, sides, ctx.resolution, "discriminator")
+        _check_resolution(ctx.resolution, DISCRIMINATOR_WIDTHS, "discriminator")
+        widths, downsamples = DISCRIMINATOR_WIDTHS[ctx.resolution], DISCRIMINATOR_DOWNSAMPLES[ctx.resolution]
+        problems = _per_block_problems(
+            "$.discriminator.multipliers", self.multipliers, widths, ctx.resolution, _DISCRIMINATOR_STAGES
+        )
+        problems += _per_block_problems(
+            "$.discriminator.downsample", self.downsample, downsamples, ctx.resolution, _DISCRIMINATOR_STAGES
+        )
+        downsamples = self.downsample or downsamples
+        if not problems:  # the sides, and so the attention check, need a downsample of the right length
+            sides = discriminator_block_resolutions(ctx.resolution, downsamples)
+            problems = _attention_problems(self.attention, sides, ctx.resolution, "discriminator")
         if problems:
             raise RecipeError(problems)
         with torch.device(ctx.device):
@@ -120,7 +190,8 @@ class BigBiGANDiscriminatorConfig:
                 resolution=ctx.resolution,
                 channels=ctx.channels,
                 latent_dim=ctx.latent_dim,
-                ch=self.ch,
+                block_widths=[self.ch * multiplier for multiplier in self.multipliers or widths],
+                downsamples=downsamples,
                 attention=self.attention,
                 mlp_width=self.mlp_width,
                 mlp_blocks=self.mlp_blocks,

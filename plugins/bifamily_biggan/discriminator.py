@@ -6,6 +6,8 @@ Everything is spectrally normalised; there is no batch norm, so real and fake pa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,19 +16,26 @@ from bifamily.interfaces import JointDiscriminator, Scores
 
 from .layers import SelfAttention, SNConv2d, SNLinear
 
-# Per down-block: (channel multiplier of ``ch``, halves the side?) -- BigGAN's D_arch.
-DISCRIMINATOR_BLOCKS: dict[int, tuple[tuple[int, bool], ...]] = {
-    32: ((4, True), (4, True), (4, False), (4, False)),
-    64: ((1, True), (2, True), (4, True), (8, True), (16, False)),
-    128: ((1, True), (2, True), (4, True), (8, True), (16, True), (16, False)),
-    256: ((1, True), (2, True), (4, True), (8, True), (8, True), (16, True), (16, False)),
+# Per down-block, BigGAN's D_arch: the default output width as a multiple of ``ch``, and whether the
+# block halves the side.
+DISCRIMINATOR_WIDTHS: dict[int, tuple[int, ...]] = {
+    32: (4, 4, 4, 4),
+    64: (1, 2, 4, 8, 16),
+    128: (1, 2, 4, 8, 16, 16),
+    256: (1, 2, 4, 8, 8, 16, 16),
+}
+DISCRIMINATOR_DOWNSAMPLES: dict[int, tuple[bool, ...]] = {
+    32: (True, True, False, False),
+    64: (True, True, True, True, False),
+    128: (True, True, True, True, True, False),
+    256: (True, True, True, True, True, True, False),
 }
 
 
-def discriminator_block_resolutions(resolution: int) -> list[int]:
+def discriminator_block_resolutions(resolution: int, downsamples: Sequence[bool]) -> list[int]:
     """Output side of each down-block (repeats where a block keeps the side)."""
     sides, side = [], resolution
-    for _, downsample in DISCRIMINATOR_BLOCKS[resolution]:
+    for downsample in downsamples:
         side = side // 2 if downsample else side
         sides.append(side)
     return sides
@@ -62,17 +71,26 @@ class DiscriminatorBlock(nn.Module):
 
 
 class ImagePath(nn.Module):
-    """F: BigGAN's discriminator without its output layer; ReLU then global sum pooling."""
+    """F: BigGAN's discriminator without its output layer; ReLU then global sum pooling.
 
-    def __init__(self, resolution: int, channels: int, ch: int, attention: int):
+    ``block_widths`` and ``downsamples``: each down-block's output channels and whether it halves the side.
+    """
+
+    def __init__(
+        self,
+        resolution: int,
+        channels: int,
+        block_widths: Sequence[int],
+        downsamples: Sequence[bool],
+        attention: int,
+    ):
         super().__init__()
-        blocks = DISCRIMINATOR_BLOCKS[resolution]
-        widths = [channels] + [multiplier * ch for multiplier, _ in blocks]
+        widths = [channels, *block_widths]
         self.blocks = nn.ModuleList(
             DiscriminatorBlock(widths[index], widths[index + 1], downsample, preactivation=index > 0)
-            for index, (_, downsample) in enumerate(blocks)
+            for index, downsample in enumerate(downsamples)
         )
-        sides = discriminator_block_resolutions(resolution)
+        sides = discriminator_block_resolutions(resolution, downsamples)
         self.attention_index = sides.index(attention) if attention else -1
         self.attention = SelfAttention(widths[self.attention_index + 1]) if attention else None
         self.feature_dim = widths[-1]
@@ -135,7 +153,8 @@ class BigBiGANDiscriminator(JointDiscriminator):
         resolution: int,
         channels: int,
         latent_dim: int,
-        ch: int,
+        block_widths: Sequence[int],
+        downsamples: Sequence[bool],
         attention: int,
         mlp_width: int,
         mlp_blocks: int,
@@ -144,7 +163,7 @@ class BigBiGANDiscriminator(JointDiscriminator):
         self.resolution = resolution
         self.channels = channels
         self.latent_dim = latent_dim
-        self.image_path = ImagePath(resolution, channels, ch, attention)
+        self.image_path = ImagePath(resolution, channels, block_widths, downsamples, attention)
         self.latent_path = ResidualMLP(latent_dim, mlp_width, mlp_blocks)
         self.joint_path = ResidualMLP(self.image_path.feature_dim + mlp_width, mlp_width, mlp_blocks)
         self.image_head = SNLinear(self.image_path.feature_dim, 1)

@@ -7,6 +7,7 @@ chunk k + 1 is concatenated to ``shared`` to condition the batch norms of block 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Callable
 
 import torch
@@ -19,7 +20,7 @@ from .layers import ConditionalBatchNorm, SelfAttention, SNConv2d, SNLinear
 
 BOTTOM_WIDTH = 4
 
-# Channel multipliers of ``ch``: the 4x4 input, then each up-block's output (BigGAN's G_arch).
+# Default channel multipliers of ``ch``: the 4x4 input, then each up-block's output (BigGAN's G_arch).
 GENERATOR_WIDTHS: dict[int, tuple[int, ...]] = {
     32: (4, 4, 4, 4),
     64: (16, 16, 8, 4, 2),
@@ -66,7 +67,10 @@ class GeneratorBlock(nn.Module):
 
 
 class BigGANGenerator(Generator):
-    """z (N, latent_dim) -> images (N, channels, resolution, resolution) in [-1, 1]."""
+    """z (N, latent_dim) -> images (N, channels, resolution, resolution) in [-1, 1].
+
+    ``widths``: channels of the 4x4 input, then of each up-block's output (one more than up-blocks).
+    """
 
     def __init__(
         self,
@@ -74,7 +78,7 @@ class BigGANGenerator(Generator):
         resolution: int,
         channels: int,
         latent_dim: int,
-        ch: int,
+        widths: Sequence[int],
         shared_dim: int,
         attention: int,
         hierarchical: bool,
@@ -85,7 +89,6 @@ class BigGANGenerator(Generator):
         self.channels = channels
         self.latent_dim = latent_dim
         self.hierarchical = hierarchical
-        widths = [multiplier * ch for multiplier in GENERATOR_WIDTHS[resolution]]
         num_blocks = len(widths) - 1
         self.chunk_size = latent_dim // (num_blocks + 1) if hierarchical else latent_dim
         condition_dim = shared_dim + (self.chunk_size if hierarchical else 0)
