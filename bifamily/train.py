@@ -99,7 +99,14 @@ def make_state(recipe: Recipe, model: Model, dataset: Any, world: World = World(
     )
     precision = Precision(t.precision, model.context.device)
     layout = BatchLayout(t.batch_size, t.accumulation, world.size, world.rank)
-    stream = BatchStream(dataset, t.batch_size, recipe.run.seed, t.num_workers, rows=layout.rows())
+    stream = BatchStream(
+        dataset,
+        t.batch_size,
+        recipe.run.seed,
+        t.num_workers,
+        rows=layout.rows(),
+        pin_memory=model.context.device.type == "cuda",
+    )
     return TrainState(
         model,
         EMA(model.generator),
