@@ -12,7 +12,12 @@ from typing import Any, Callable
 
 import attrs
 import cattrs
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.errors import (
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
 
 from bifamily.errors import RecipeError
 
@@ -86,8 +91,41 @@ def _strict_str(value: Any, _type: Any) -> str:
     return value
 
 
+def _is_array(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (tuple, list)
+
+
+def _strict_array(converter: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    """TOML arrays for tuple/list fields: a scalar is a type error, not an iteration failure."""
+
+    def structure(value: Any, annotation: Any) -> Any:
+        if not isinstance(value, (list, tuple)):
+            raise _TypeMismatch(f"an array ({type_name(annotation)})", value)
+        item = typing.get_args(annotation)[0]
+        structured, errors = [], []
+        for index, element in enumerate(value):
+            try:
+                structured.append(converter.structure(element, item))
+            except Exception as exc:
+                exc.__notes__ = [*getattr(exc, "__notes__", []), IterableValidationNote(f"@ index {index}", index, item)]
+                errors.append(exc)
+        if errors:
+            raise IterableValidationError(f"while structuring {type_name(annotation)}", errors, annotation)
+        return typing.get_origin(annotation)(structured)
+
+    return structure
+
+
+def type_name(annotation: Any) -> str:
+    """A recipe author's name for a field type: int, float, bool, str, array of int, ..."""
+    if _is_array(annotation):
+        return f"array of {type_name(typing.get_args(annotation)[0])}"
+    return getattr(annotation, "__name__", str(annotation))
+
+
 def make_converter() -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True)
+    converter.register_structure_hook_func(_is_array, _strict_array(converter))
     converter.register_structure_hook(int, _strict_int)
     converter.register_structure_hook(float, _strict_float)
     converter.register_structure_hook(bool, _strict_bool)
@@ -156,6 +194,7 @@ def field_docs(cls: type) -> list[tuple[str, str, Any, str]]:
         default = None if field.default is attrs.NOTHING else field.default
         if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
             default = default.factory()
-        type_name = getattr(hints.get(field.name), "__name__", str(hints.get(field.name)))
-        rows.append((field.name, type_name, default, field.metadata.get("help", "")))
+        if isinstance(default, tuple):  # shown as the TOML array a recipe writes
+            default = list(default)
+        rows.append((field.name, type_name(hints.get(field.name)), default, field.metadata.get("help", "")))
     return rows

@@ -140,3 +140,21 @@ def test_invalid_toml_and_missing_file_name_the_file(tmp_path):
         load_raw(bad)
     with pytest.raises(RecipeError, match=r"recipe file not found: .*missing.toml"):
         load_raw(tmp_path / "missing.toml")
+
+
+def _biggan_generator(multipliers: object) -> dict:
+    data = quickstart()
+    data["generator"] = {"kind": "biggan", "ch": 8, "multipliers": multipliers}
+    return data
+
+
+def test_array_fields_name_the_bad_entry_or_the_missing_array(plugins):
+    assert problems(_biggan_generator(4), plugins) == [
+        "$.generator.multipliers: expected an array (array of int), got int 4"
+    ]
+    assert problems(_biggan_generator([4, "a", 2, True]), plugins) == [
+        "$.generator.multipliers[1]: expected int, got str 'a'",
+        "$.generator.multipliers[3]: expected int, got bool True",
+    ]
+    recipe = from_dict(_biggan_generator([4, 4, 2, 1]), plugins)
+    assert recipe.components["generator"].multipliers == (4, 4, 2, 1)
