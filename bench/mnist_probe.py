@@ -11,7 +11,8 @@ root = ...}'` with `--steps` steps (a subprocess, exactly as a user runs it). Ev
 registered `probe` and `knn` metrics on the final snapshot's EMA encoder (pooled backbone features),
 on the encoder rebuilt from the recipe's seed (its initialisation), and on the flattened 32x32 pixels:
 probe fitted on all 8000 training images (10% of them as trainval for the learning-rate sweep and
-early stopping), scored on the 2000 held-out ones. Writes bench/results/mnist_probe.json.
+early stopping) on batch-normalised features + CReLU (as the recipes' probes), scored on the 2000
+held-out ones. Writes bench/results/mnist_probe.json.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     plugins = default_plugins()
     overrides = [
         "eval.train_samples=8000", "eval.test_samples=2000", f"eval.probe_steps={args.probe_steps}",
-        "eval.probe_lr=0.01", f'metrics.probe={{lrs = "0.001,0.1"}}', f"metrics.knn={{k = {args.k}}}",
+        "eval.probe_lr=0.01", f'metrics.probe={{lrs = "0.001,0.1", transform = "bn_crelu"}}', f"metrics.knn={{k = {args.k}}}",
         "run.device=cpu",
     ]
     loaded = load_snapshot(args.run_dir, plugins, overrides)

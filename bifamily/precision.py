@@ -1,6 +1,8 @@
 """Mixed precision: autocast for the forward passes, loss scaling for fp16, spectral norm kept in fp32.
 
 ``train.precision``:
+- ``auto``: ``bf16`` where the device computes in bfloat16 natively (CUDA with bf16 support; a CPU with
+  AMX or AVX512-BF16 instructions), else ``fp32``. On a CPU without those, bf16 is emulated and slower.
 - ``fp32``: no autocast.
 - ``bf16``: ``torch.autocast`` to bfloat16 (CPU and CUDA). bf16 has fp32's exponent range, so no loss
   scaling is needed.
@@ -25,13 +27,30 @@ from torch.nn.utils import parametrizations
 DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` has bfloat16 arithmetic in hardware, so autocast to it is a speed-up."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":  # torch's own CPU feature checks (private, hence looked up defensively)
+        checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
+    return False
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """The precision ``train.precision = name`` means on ``device``: ``auto`` becomes bf16 or fp32."""
+    if name != "auto":
+        return name
+    return "bf16" if native_bf16(device) else "fp32"
+
+
 class Precision:
     """Autocast context and loss scalers for one ``train.precision`` setting on one device type."""
 
     def __init__(self, name: str, device: torch.device):
-        self.name = name
+        self.name = resolve_precision(name, device)
         self.device_type = device.type
-        self.dtype = DTYPES[name]
+        self.dtype = DTYPES[self.name]
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype is None:

@@ -64,9 +64,10 @@ class TrainConfig:
     d_steps: int = option(2, help="Discriminator updates before each joint generator+encoder update.", validator=positive)
     precision: str = option(
         "fp32",
-        help="'fp32'; 'bf16' autocast (CPU and CUDA); or 'fp16' autocast with dynamic loss scaling (CUDA only). "
+        help="'fp32'; 'bf16' autocast (CPU and CUDA); 'fp16' autocast with dynamic loss scaling (CUDA only); or "
+        "'auto': bf16 where the device has bf16 in hardware (CUDA, or a CPU with AMX or AVX512-BF16), else fp32. "
         "Spectral norm's power iteration always runs in fp32.",
-        validator=one_of("fp32", "bf16", "fp16"),
+        validator=one_of("auto", "fp32", "bf16", "fp16"),
     )
     channels_last: bool = option(False, help="Keep images and conv weights in NHWC memory layout (faster convs on tensor cores and oneDNN).")
     compile: bool = option(False, help="torch.compile the G+E and D step modules (slow first steps, faster after).")

@@ -163,7 +163,7 @@ def run_training(
         RunWriter(run_dir).create(recipe.to_dict())
     with contextlib.ExitStack() as outputs:
         if world.is_main:
-            outputs.enter_context(file_log(run_dir, _headline(recipe, run_dir, resume)))
+            outputs.enter_context(file_log(run_dir, _headline(recipe, run_dir, resume, trainer.precision.name)))
         resumed_step = _resume(trainer, run_dir, world) if resume else None
         if world.is_main:
             _follow_run(trainer, outputs)
@@ -182,10 +182,11 @@ def run_training(
     return report
 
 
-def _headline(recipe: Recipe, run_dir: Path, resume: bool) -> str:
+def _headline(recipe: Recipe, run_dir: Path, resume: bool, precision: str) -> str:
     what = "resuming" if resume else "starting"
+    chosen = f"{precision} (auto)" if recipe.train.precision == "auto" else precision
     return (
-        f"bifamily {__version__}: {what} {recipe.run.name!r} ({recipe.run.steps} steps) in {run_dir}; "
+        f"bifamily {__version__}: {what} {recipe.run.name!r} ({recipe.run.steps} steps, {chosen}) in {run_dir}; "
         f"command: {shlex.join(sys.argv)}"
     )
 

@@ -11,10 +11,12 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from bifamily.cli import main
 from bifamily.errors import DataError
+from bifamily.precision import resolve_precision
 from bifamily.runlog import LOG_FILE, PROGRESS, ProgressLines, file_log
 from bifamily.stopping import Diverged
 from bifamily.tensorboard_events import TensorBoardEvents
@@ -68,7 +70,8 @@ def test_off_a_terminal_progress_is_plain_lines_also_written_to_log_txt(finished
     assert all("loss_d " in line and " img/s " in line and " ETA " in line for line in progress)
     assert f"run directory: {out}" in result.stdout
     log = (out / LOG_FILE).read_text()
-    assert "starting 'quickstart' (2 steps)" in log.splitlines()[0]
+    precision = resolve_precision("auto", torch.device("cpu"))  # the quickstart's train.precision
+    assert f"starting 'quickstart' (2 steps, {precision} (auto))" in log.splitlines()[0]
     for printed in [*progress, f"run directory: {out}"]:
         assert printed in log
 
@@ -83,7 +86,7 @@ def test_a_resumed_run_appends_to_the_log_and_a_bar_keeps_the_plain_lines_off_th
     log = (out / LOG_FILE).read_text()
     assert log.startswith(before)
     added = log[len(before):]
-    assert "resuming 'quickstart' (3 steps)" in added and f"resumed {out} at step 2" in added
+    assert f"resuming 'quickstart' (3 steps, {resolve_precision('auto', torch.device('cpu'))} (auto))" in added and f"resumed {out} at step 2" in added
     assert "step 3/3  loss_d" in added and "step 2/2" not in added
 
 
