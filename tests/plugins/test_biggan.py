@@ -31,13 +31,7 @@ TINY_D = BigBiGANDiscriminatorConfig(ch=4, attention=8, mlp_width=16, mlp_blocks
 CHUNKS = {32: 4, 64: 5, 128: 6, 256: 7}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """The models here are tiny: a second intra-op thread only adds synchronisation overhead."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def context(resolution: int, latent_dim: int | None = None, **kwargs) -> BuildContext:

@@ -5,7 +5,6 @@ lists are keyed recipe errors, and recipes/bench/mnist32_matched.toml reproduces
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,12 +24,7 @@ MATCHED = REPO / "recipes" / "bench" / "mnist32_matched.toml"
 CHUNKS = {32: 4, 64: 5, 128: 6, 256: 7}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def context(resolution: int, chunk: int = 2) -> BuildContext:
