@@ -18,11 +18,11 @@ from torch.utils.data import DataLoader
 
 import bifamily_datasets
 from bifamily.context import BuildContext
+from bifamily.config import structure
 from bifamily.errors import DataError, RecipeError
 from bifamily.interfaces import LabelledDataset
 from bifamily_datasets import ImageFolderConfig, MnistConfig, ProceduralConfig
 from bifamily_datasets.crops import UNIFORMS_PER_CROP, distorted, random_resized
-from bifamily_datasets.procedural import SIZE_RANGE
 from bifamily_datasets.shapes import SHAPES
 
 CONFIGS = [ProceduralConfig, MnistConfig, ImageFolderConfig]
@@ -138,12 +138,16 @@ def test_procedural_index_out_of_range_raises_index_error() -> None:
         dataset[-1]
 
 
-def test_procedural_draws_each_label_with_its_shape_area_and_keeps_contrast() -> None:
+@pytest.mark.parametrize("radii", [None, (0.24, 0.44), (0.3, 0.3)])
+def test_procedural_draws_each_label_with_its_shape_area_and_keeps_contrast(radii) -> None:
     """Per class, the covered fraction of the image must match the shape's own area times the mean
-    squared size: a check that each label is drawn with its shape, at the documented sizes."""
+    squared size: a check that each label is drawn with its shape, at the configured sizes."""
     per_class = 80
     classes = len(SHAPES)
-    dataset = ProceduralConfig(classes=classes, channels=1).build(ctx(32, 1), "train")
+    config = ProceduralConfig(classes=classes, channels=1)
+    if radii is not None:
+        config = attrs.evolve(config, min_radius=radii[0], max_radius=radii[1])
+    dataset = config.build(ctx(32, 1), "train")
     images, labels = items(dataset, range(classes * per_class))
     images = images[:, 0]
     background = images[:, [0, 0, -1, -1], [0, -1, 0, -1]].mean(1)
@@ -151,8 +155,8 @@ def test_procedural_draws_each_label_with_its_shape_area_and_keeps_contrast() ->
     peak = difference.abs().amax((1, 2))
     assert peak.min() > 0.6  # foreground/background contrast survives (0.7 minus noise)
     covered = (difference.abs() > peak[:, None, None] / 2).float().mean((1, 2))
-    low, high = SIZE_RANGE
-    mean_squared_size = (high**3 - low**3) / (3 * (high - low))
+    low, high = config.min_radius, config.max_radius
+    mean_squared_size = (high**3 - low**3) / (3 * (high - low)) if high > low else low**2
     axis = (torch.arange(400) + 0.5) / 200 - 1
     y, x = torch.meshgrid(axis, axis, indexing="ij")
     labels = torch.tensor(labels)
@@ -160,6 +164,13 @@ def test_procedural_draws_each_label_with_its_shape_area_and_keeps_contrast() ->
         shape_area = (sdf(x, y) < 0).float().mean() * 4  # in units of the shape's radius squared
         expected = float(shape_area) * mean_squared_size
         assert float(covered[labels == label].mean()) == pytest.approx(expected, rel=0.15)
+
+
+def test_procedural_radius_range_must_be_ordered_and_inside_the_image() -> None:
+    with pytest.raises(RecipeError, match=r"^\$\.data\.max_radius: must be >= min_radius \(0\.4\), got 0\.3$"):
+        structure({"min_radius": 0.4, "max_radius": 0.3}, ProceduralConfig, "$.data")
+    with pytest.raises(RecipeError, match=r"^\$\.data\.max_radius: must be in \[0\.05, 0\.5\]"):
+        structure({"max_radius": 0.6}, ProceduralConfig, "$.data")
 
 
 @pytest.mark.parametrize("name", list(SHAPES))
