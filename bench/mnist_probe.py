@@ -8,8 +8,9 @@ initialisation vs raw pixels.
 Data: the MNIST t10k files in ../shared/data/mnist; the mnist data set trains on its first 8000 images
 and holds out the last 2000. Training is `bifamily run recipes/bigan.toml --set 'data={kind = "mnist",
 root = ...}'` with `--steps` steps (a subprocess, exactly as a user runs it). Evaluation uses the
-registered `probe` and `knn` metrics on the final snapshot's EMA encoder (pooled backbone features),
-on the encoder rebuilt from the recipe's seed (its initialisation), and on the flattened 32x32 pixels:
+registered `probe` and `knn` metrics on the final snapshot's EMA encoder, on the encoder rebuilt from
+the recipe's seed (its initialisation), each read two ways (the pooled backbone features, as the
+paper, and the posterior mean, BiGAN's z = E(x)), and on the flattened 32x32 pixels:
 probe fitted on all 8000 training images (10% of them as trainval for the learning-rate sweep and
 early stopping) on batch-normalised features + CReLU (as the recipes' probes), scored on the 2000
 held-out ones. Writes bench/results/mnist_probe.json.
@@ -65,31 +66,39 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from bifamily.evaluation.metrics import build_metrics, evaluate as compute, make_subject
     from bifamily.evaluation.snapshots import load_snapshot
     from bifamily.plugins import default_plugins
+    from bifamily.recipe import apply_overrides, from_dict
     from bifamily.session import open_data
 
     plugins = default_plugins()
-    overrides = [
-        "eval.train_samples=8000", "eval.test_samples=2000", f"eval.probe_steps={args.probe_steps}",
-        "eval.probe_lr=0.01", f'metrics.probe={{lrs = "0.001,0.1", transform = "bn_crelu"}}', f"metrics.knn={{k = {args.k}}}",
-        "run.device=cpu",
-    ]
-    loaded = load_snapshot(args.run_dir, plugins, overrides)
+
+    def overrides(features: str) -> list[str]:
+        return [
+            "eval.train_samples=8000", "eval.test_samples=2000", f"eval.probe_steps={args.probe_steps}",
+            "eval.probe_lr=0.01", f'metrics.probe={{lrs = "0.001,0.1", transform = "bn_crelu", features = "{features}"}}',
+            f'metrics.knn={{k = {args.k}, features = "{features}"}}', "run.device=cpu",
+        ]
+
+    loaded = load_snapshot(args.run_dir, plugins, overrides("pooled"))
     recipe, model, ctx = loaded.recipe, loaded.model, loaded.model.context
     train_data, test_data = open_data(recipe, ctx)
-    metrics = build_metrics(recipe, plugins, ["probe", "knn"], ctx)
-    encoders = {
-        "trained_ema_encoder": model.encoder,
-        "encoder_at_initialisation": build_model(recipe, ctx).encoder.eval(),
-        "raw_pixels": Pixels(),
-    }
+    initial_encoder = build_model(recipe, ctx).encoder.eval()
+    rows = [
+        ("trained_ema_encoder", model.encoder, "pooled"),
+        ("encoder_at_initialisation", initial_encoder, "pooled"),
+        ("trained_ema_encoder_posterior_mean", model.encoder, "posterior_mean"),
+        ("encoder_at_initialisation_posterior_mean", initial_encoder, "posterior_mean"),
+        ("raw_pixels", Pixels(), "pooled"),
+    ]
     results, settings = {}, {}
-    for name, encoder in encoders.items():
+    for name, encoder, features in rows:
         start = time.perf_counter()
-        subject = make_subject(recipe, model.generator, encoder, model.prior, ctx, train_data, test_data)
+        row_recipe = from_dict(apply_overrides(recipe.to_dict(), overrides(features)), plugins)
+        metrics = build_metrics(row_recipe, plugins, ["probe", "knn"], ctx)
+        subject = make_subject(row_recipe, model.generator, encoder, model.prior, ctx, train_data, test_data)
         records = compute(metrics, subject, loaded.step)
         results[name] = {key: round(value, 4) for r in records for key, value in r.result.values.items()}
         results[name]["seconds"] = round(time.perf_counter() - start, 1)
-        settings = {r.metric: r.result.settings for r in records}
+        settings[features] = {r.metric: r.result.settings for r in records}
     return {"step": loaded.step, "results": results, "settings": settings}
 
 
