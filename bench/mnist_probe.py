@@ -50,6 +50,9 @@ class Pixels(nn.Module):
 
 
 def train(args: argparse.Namespace) -> tuple[list[str], float]:
+    if args.run_dir.exists():
+        print(f"error: --run-dir {args.run_dir} exists: evaluate it with --skip-training, or remove it to train again", file=sys.stderr)
+        sys.exit(2)
     data = f'data={{kind = "mnist", root = {json.dumps(args.root)}}}'
     command = [
         "bifamily", "run", RECIPE, "--set", data, "--set", f"run.steps={args.steps}", "--set", "eval.probe=false",
