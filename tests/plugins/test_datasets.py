@@ -17,8 +17,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import bifamily_datasets
-from bifamily.context import BuildContext
 from bifamily.config import structure
+from bifamily.context import BuildContext
 from bifamily.errors import DataError, RecipeError
 from bifamily.interfaces import LabelledDataset
 from bifamily_datasets import ImageFolderConfig, MnistConfig, ProceduralConfig
@@ -138,7 +138,7 @@ def test_procedural_index_out_of_range_raises_index_error() -> None:
         dataset[-1]
 
 
-@pytest.mark.parametrize("radii", [None, (0.24, 0.44), (0.3, 0.3)])
+@pytest.mark.parametrize("radii", [None, (0.34, 0.47), (0.3, 0.3)])
 def test_procedural_draws_each_label_with_its_shape_area_and_keeps_contrast(radii) -> None:
     """Per class, the covered fraction of the image must match the shape's own area times the mean
     squared size: a check that each label is drawn with its shape, at the configured sizes."""
