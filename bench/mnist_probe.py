@@ -4,16 +4,17 @@ initialisation vs raw pixels.
     python bench/mnist_probe.py                    # trains recipes/bigan.toml on MNIST, then evaluates
     python bench/mnist_probe.py --steps 1500       # the recipe's full schedule
     python bench/mnist_probe.py --skip-training    # evaluate the run directory of an earlier call
+    python bench/mnist_probe.py --recipe recipes/quickstart.toml --output /tmp/bigbigan.json   # another objective
 
 Data: the MNIST t10k files in ../shared/data/mnist; the mnist data set trains on its first 8000 images
 and holds out the last 2000. Training is `bifamily run recipes/bigan.toml --set 'data={kind = "mnist",
-root = ...}'` with `--steps` steps (a subprocess, exactly as a user runs it). Evaluation uses the
+root = ...}'` (or the `--recipe` given) with `--steps` steps (a subprocess, exactly as a user runs it). Evaluation uses the
 registered `probe` and `knn` metrics on the final snapshot's EMA encoder, on the encoder rebuilt from
 the recipe's seed (its initialisation), each read two ways (the pooled backbone features, as the
 paper, and the posterior mean, BiGAN's z = E(x)), and on the flattened 32x32 pixels:
 probe fitted on all 8000 training images (10% of them as trainval for the learning-rate sweep and
 early stopping) on batch-normalised features + CReLU (as the recipes' probes), scored on the 2000
-held-out ones. Writes bench/results/mnist_probe.json.
+held-out ones. Writes bench/results/mnist_probe.json (or `--output`).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def train(args: argparse.Namespace) -> tuple[list[str], float]:
         sys.exit(2)
     data = f'data={{kind = "mnist", root = {json.dumps(args.root)}}}'
     command = [
-        "bifamily", "run", RECIPE, "--set", data, "--set", f"run.steps={args.steps}", "--set", "eval.probe=false",
+        "bifamily", "run", args.recipe, "--set", data, "--set", f"run.steps={args.steps}", "--set", "eval.probe=false",
         "--set", f"run.checkpoint_every={args.steps}", "--set", f"run.sample_every={args.steps}",
         "--out", os.path.relpath(args.run_dir, REPO), "--no-progress",
     ]
@@ -112,16 +113,20 @@ def main() -> None:
     parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "bench-mnist-probe")
     parser.add_argument("--probe-steps", type=int, default=5000, help="Adam steps of the linear probe (the paper's 5000).")
     parser.add_argument("--k", type=int, default=20, help="Neighbours of the k-NN classifier.")
+    parser.add_argument("--recipe", default=RECIPE, help=f"Recipe to train (default {RECIPE}); its data set is replaced by MNIST.")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="Where the JSON result goes.")
     parser.add_argument("--skip-training", action="store_true", help="Evaluate the existing --run-dir.")
     args = parser.parse_args()
     command, seconds = (None, None) if args.skip_training else train(args)
     evaluation = evaluate(args)
+    steps = evaluation.pop("step")
+    recipe = os.path.relpath(args.run_dir / "recipe.toml", REPO) if args.skip_training else args.recipe
     report = {
         "benchmark": "linear probe and k-NN on MNIST t10k: train on the first 8000, score on the last 2000",
-        "recipe": RECIPE,
+        "recipe": recipe,
         "training_command": shlex.join(command) if command else None,
-        "reproduce": f"python bench/mnist_probe.py --steps {args.steps}",
-        "training_steps": evaluation.pop("step"),
+        "reproduce": shlex.join(["python", "bench/mnist_probe.py", "--steps", str(steps), "--recipe", recipe]),
+        "training_steps": steps,
         "training_seconds": round(seconds, 1) if seconds else None,
         **evaluation,
         "machine": {
@@ -132,10 +137,10 @@ def main() -> None:
             "load_average_1min": round(os.getloadavg()[0], 2),
         },
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["results"], indent=2))
-    print(f"written to {RESULTS}")
+    print(f"written to {args.output}")
 
 
 if __name__ == "__main__":
