@@ -4,11 +4,11 @@ initialisation vs raw pixels.
     python bench/mnist_probe.py                    # trains recipes/bigan.toml on MNIST, then evaluates
     python bench/mnist_probe.py --steps 1500       # the recipe's full schedule
     python bench/mnist_probe.py --skip-training    # evaluate the run directory of an earlier call
-    python bench/mnist_probe.py --recipe recipes/quickstart.toml --output /tmp/bigbigan.json   # another objective
+    python bench/mnist_probe.py --recipe recipes/quickstart.toml --set optim.e_lr=1e-2 --output /tmp/b.json
 
 Data: the MNIST t10k files in ../shared/data/mnist; the mnist data set trains on its first 8000 images
 and holds out the last 2000. Training is `bifamily run recipes/bigan.toml --set 'data={kind = "mnist",
-root = ...}'` (or the `--recipe` given) with `--steps` steps (a subprocess, exactly as a user runs it). Evaluation uses the
+root = ...}'` (or the `--recipe` given, with any `--set` overrides) with `--steps` steps (a subprocess, exactly as a user runs it). Evaluation uses the
 registered `probe` and `knn` metrics on the final snapshot's EMA encoder, on the encoder rebuilt from
 the recipe's seed (its initialisation), each read two ways (the pooled backbone features, as the
 paper, and the posterior mean, BiGAN's z = E(x)), and on the flattened 32x32 pixels:
@@ -60,6 +60,8 @@ def train(args: argparse.Namespace) -> tuple[list[str], float]:
         "--set", f"run.checkpoint_every={args.steps}", "--set", f"run.sample_every={args.steps}",
         "--out", os.path.relpath(args.run_dir, REPO), "--no-progress",
     ]
+    for override in args.set:
+        command += ["--set", override]
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "bifamily", *command[1:]], cwd=REPO, check=True)
     return command, time.perf_counter() - start
@@ -114,6 +116,7 @@ def main() -> None:
     parser.add_argument("--probe-steps", type=int, default=5000, help="Adam steps of the linear probe (the paper's 5000).")
     parser.add_argument("--k", type=int, default=20, help="Neighbours of the k-NN classifier.")
     parser.add_argument("--recipe", default=RECIPE, help=f"Recipe to train (default {RECIPE}); its data set is replaced by MNIST.")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="A recipe override for training, as `bifamily run --set` (repeatable).")
     parser.add_argument("--output", type=Path, default=RESULTS, help="Where the JSON result goes.")
     parser.add_argument("--skip-training", action="store_true", help="Evaluate the existing --run-dir.")
     args = parser.parse_args()
@@ -125,7 +128,7 @@ def main() -> None:
         "benchmark": "linear probe and k-NN on MNIST t10k: train on the first 8000, score on the last 2000",
         "recipe": recipe,
         "training_command": shlex.join(command) if command else None,
-        "reproduce": shlex.join(["python", "bench/mnist_probe.py", "--steps", str(steps), "--recipe", recipe]),
+        "reproduce": shlex.join(["python", "bench/mnist_probe.py", "--steps", str(steps), "--recipe", recipe, *[f"--set={o}" for o in args.set]]),
         "training_steps": steps,
         "training_seconds": round(seconds, 1) if seconds else None,
         **evaluation,

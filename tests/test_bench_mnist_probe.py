@@ -55,7 +55,7 @@ def setup(tmp_path_factory):
     )
     arguments = [
         "--steps", "2", "--probe-steps", "20", "--k", "5", "--root", str(folder),
-        "--recipe", str(tiny), "--run-dir", str(folder / "run"), "--output", str(folder / "result.json"),
+        "--recipe", str(tiny), "--set", "optim.e_lr=0.0123", "--run-dir", str(folder / "run"), "--output", str(folder / "result.json"),
     ]
     completed = bench(*arguments)
     return folder, arguments, completed
@@ -66,7 +66,8 @@ def test_trains_then_scores_every_feature_row(setup):
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads((folder / "result.json").read_text())
     assert result["training_steps"] == 2
-    assert result["recipe"].endswith("tiny.toml") and "--recipe" in result["reproduce"]
+    assert result["recipe"].endswith("tiny.toml") and "--set=optim.e_lr=0.0123" in result["reproduce"]
+    assert "e_lr = 0.0123" in (folder / "run" / "recipe.toml").read_text()
     assert set(result["results"]) == ROWS
     for name, row in result["results"].items():
         assert 0.0 <= row["probe_top1"] <= row["probe_top5"] <= 1.0, name
