@@ -88,6 +88,7 @@ MODES: dict[str, Mode] = {
     BASELINE: Mode("fp32"),
     "bf16": Mode("bf16"),
     "compile": Mode("fp32", compile=True),
+    "compile_channels_last": Mode("fp32", channels_last=True, compile=True),
     "fp32_channels_last": Mode("fp32", channels_last=True),
     "bf16_channels_last": Mode("bf16", channels_last=True),
 }
