@@ -8,8 +8,8 @@ initialisation vs raw pixels.
 
 Data: the MNIST t10k files in ../shared/data/mnist; the mnist data set trains on its first 8000 images
 and holds out the last 2000. Training is `bifamily run recipes/bigan.toml --set 'data={kind = "mnist",
-root = ...}'` (or the `--recipe` given, with any `--set` overrides) with `--steps` steps (a subprocess, exactly as a user runs it). Evaluation uses the
-registered `probe` and `knn` metrics on the final snapshot's EMA encoder, on the encoder rebuilt from
+root = ...}'` (or the `--recipe` given, with any `--set` overrides) with `--steps` steps (a
+subprocess, exactly as a user runs it). Evaluation uses the registered `probe` and `knn` metrics on the final snapshot's EMA encoder, on the encoder rebuilt from
 the recipe's seed (its initialisation), each read two ways (the pooled backbone features, as the
 paper, and the posterior mean, BiGAN's z = E(x)), and on the flattened 32x32 pixels:
 probe fitted on all 8000 training images (10% of them as trainval for the learning-rate sweep and
