@@ -6,15 +6,16 @@ initialisation vs raw pixels.
     python bench/mnist_probe.py --skip-training    # evaluate the run directory of an earlier call
     python bench/mnist_probe.py --recipe recipes/quickstart.toml --set optim.e_lr=1e-2 --output /tmp/b.json
 
-Data: the MNIST t10k files in ../shared/data/mnist; the mnist data set trains on its first 8000 images
-and holds out the last 2000. Training is `bifamily run recipes/bigan.toml --set 'data={kind = "mnist",
-root = ...}'` (or the `--recipe` given, with any `--set` overrides) with `--steps` steps (a
-subprocess, exactly as a user runs it). Evaluation uses the registered `probe` and `knn` metrics on the final snapshot's EMA encoder, on the encoder rebuilt from
-the recipe's seed (its initialisation), each read two ways (the pooled backbone features, as the
-paper, and the posterior mean, BiGAN's z = E(x)), and on the flattened 32x32 pixels:
-probe fitted on all 8000 training images (10% of them as trainval for the learning-rate sweep and
-early stopping) on batch-normalised features + CReLU (as the recipes' probes), scored on the 2000
-held-out ones. Writes bench/results/mnist_probe.json (or `--output`).
+Data: the MNIST t10k files in ../shared/data/mnist; the mnist data set trains on its first 8000
+images and holds out the last 2000. Training is `bifamily run recipes/bigan.toml --set 'data={kind =
+"mnist", root = ...}'` (or the `--recipe` given, with any `--set` overrides) with `--steps` steps (a
+subprocess, exactly as a user runs it). Evaluation uses the registered `probe` and `knn` metrics on
+the final snapshot's EMA encoder, on the encoder rebuilt from the recipe's seed (its
+initialisation), each read two ways (the pooled backbone features, as the paper, and the posterior
+mean, BiGAN's z = E(x)), and on the flattened 32x32 pixels: probe fitted on all 8000 training images
+(10% of them as trainval for the learning-rate sweep and early stopping) on batch-normalised
+features + CReLU (as the recipes' probes), scored on the 2000 held-out ones. Writes
+bench/results/mnist_probe.json (or `--output`).
 """
 
 from __future__ import annotations
