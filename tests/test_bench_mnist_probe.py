@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bifamily.testing.idx import write_idx
+
 REPO = Path(__file__).resolve().parents[1]
 ROWS = {
     "trained_ema_encoder",
@@ -19,11 +21,6 @@ ROWS = {
     "encoder_at_initialisation_posterior_mean",
     "raw_pixels",
 }
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
 def fake_t10k(root: Path) -> None:

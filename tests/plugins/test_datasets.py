@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import re
 import warnings
 from pathlib import Path
@@ -21,6 +20,7 @@ from bifamily.config import structure
 from bifamily.context import BuildContext
 from bifamily.errors import DataError, RecipeError
 from bifamily.interfaces import LabelledDataset
+from bifamily.testing.idx import write_idx
 from bifamily_datasets import ImageFolderConfig, MnistConfig, ProceduralConfig
 from bifamily_datasets.crops import UNIFORMS_PER_CROP, distorted, random_resized
 from bifamily_datasets.shapes import SHAPES
@@ -198,15 +198,6 @@ def test_procedural_works_with_a_dataloader() -> None:
 
 
 # --- mnist ----------------------------------------------------------------------------------------
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    data = header + array.astype(np.uint8).tobytes()
-    if path.suffix == ".gz":
-        path.write_bytes(gzip.compress(data))
-    else:
-        path.write_bytes(data)
 
 
 def digits(count: int, offset: int) -> tuple[np.ndarray, np.ndarray]:
