@@ -429,17 +429,22 @@ def export_command(snapshot: str, out: str, module: str, latent: bool, overrides
 @_guarded
 def plot(run_dir: str, out: str | None, overrides: tuple[str, ...]) -> None:
     """Plot RUN_DIR: loss curves (losses.png), metric curves (metrics.png) and the EMA encoder's
-    first-layer filters from the latest snapshot (filters.png).
+    first-layer filters from the latest snapshot (filters.png; skipped before the first checkpoint).
 
     \b
     Example:
       bifamily plot runs/00003-bigan
     """
+    from bifamily.checkpoint import CheckpointManager
     from bifamily.evaluation.plots import plot_run
     from bifamily.evaluation.snapshots import is_run_dir
 
     path = Path(run_dir)
-    encoder = _snapshot(run_dir, overrides, "cpu").model.encoder if is_run_dir(path) else None
+    encoder = None
+    if is_run_dir(path) and CheckpointManager(path / "checkpoints").latest() is not None:
+        encoder = _snapshot(run_dir, overrides, "cpu").model.encoder
+    elif is_run_dir(path):
+        click.echo(f"{path}: no checkpoint yet, so no filters.png", err=True)
     for written in plot_run(path, Path(out) if out else path / "plots", encoder):
         click.echo(written)
 

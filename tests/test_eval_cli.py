@@ -137,6 +137,17 @@ def test_plot_writes_curves_and_first_layer_filters(tiny_run, tmp_path):
         assert (tmp_path / name).stat().st_size > 0, name
 
 
+def test_plot_before_the_first_checkpoint_writes_the_curves(tiny_run, tmp_path):
+    early = tmp_path / "early"
+    (early / "checkpoints").mkdir(parents=True)
+    for name in ("recipe.toml", "stats.jsonl", "metrics.jsonl"):
+        (early / name).write_bytes((tiny_run / name).read_bytes())
+    result = CliRunner().invoke(main, ["plot", str(early), "-o", str(tmp_path / "plots")])
+    assert result.exit_code == 0, result.output
+    assert "no checkpoint yet, so no filters.png" in result.output
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["losses.png", "metrics.png"]
+
+
 def test_probe_and_knn_refuse_an_unlabelled_data_set_before_training(tmp_path):
     folder = tmp_path / "unlabelled"
     folder.mkdir()

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 from torchvision.utils import save_image
 
 from bifamily.errors import BifamilyError, DataError
+from bifamily.image_decoding import load_crop
 from bifamily.interfaces import LatentPrior
 from bifamily.randomness import derive_seed
 
@@ -32,26 +32,31 @@ def generate(
 
 
 def load_images(folder: Path, channels: int, size: int, n: int) -> Tensor:
-    """The first ``n`` image files of ``folder`` (sorted by name) as (n, channels, size, size) in
-    [-1, 1]: centre-cropped to a square, resized (bicubic, antialiased), grey or RGB."""
+    """The first ``n`` decodable image files of ``folder`` (sorted by name) as (n, channels, size,
+    size) in [-1, 1], read as the image-folder data set reads its test split (upright, transparency
+    over white, centre square, resized). Files that cannot be decoded are skipped with one warning
+    that counts them."""
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if not files:
         raise DataError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
     if channels not in (1, 3):
         raise DataError(f"{folder}: reading image files for a {channels}-channel model is not supported (1 or 3)")
-    images = []
-    for path in files[:n]:
+    mode = "L" if channels == 1 else "RGB"
+    images, skipped = [], []
+    for path in files:
+        if len(images) == n:
+            break
         try:
-            with Image.open(path) as image:
-                image = image.convert("L" if channels == 1 else "RGB")
-                side = min(image.size)
-                left, top = (image.width - side) // 2, (image.height - side) // 2
-                image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
-                pixels = np.asarray(image, dtype=np.float32).reshape(size, size, channels)
-        except (OSError, UnidentifiedImageError) as exc:
-            raise DataError(f"{path}: cannot read image: {exc}") from None
-        images.append(torch.from_numpy(pixels).permute(2, 0, 1) / 127.5 - 1.0)
+            pixels = load_crop(path, mode, size)
+        except Exception:  # PIL raises many types for bad files; one must not stop the others
+            skipped.append(path.name)
+            continue
+        images.append(pixels.to(torch.float32) / 127.5 - 1.0)
+    if skipped:
+        warnings.warn(f"{folder}: skipped {len(skipped)} undecodable file(s): {', '.join(skipped[:5])}", stacklevel=2)
+    if not images:
+        raise DataError(f"{folder}: none of the {len(files)} image files can be decoded")
     return torch.stack(images)
 
 

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
+from bifamily.image_decoding import Crop, centre_square
+
 TRIES = 10  # attempts at a box that fits before falling back to the centre square
 UNIFORMS_PER_CROP = 2 * TRIES + 3
 _LEFT, _TOP, _FLIP = 2 * TRIES, 2 * TRIES + 1, 2 * TRIES + 2
@@ -19,32 +21,6 @@ _LEFT, _TOP, _FLIP = 2 * TRIES, 2 * TRIES + 1, 2 * TRIES + 2
 RESNET_AREA = (0.08, 1.0)
 RESNET_LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))
 DISTORTED_AREA = (0.5, 1.0)
-
-
-@attrs.frozen
-class Crop:
-    """A box (left, top, width, height) in pixels and whether to mirror the result."""
-
-    left: float
-    top: float
-    width: float
-    height: float
-    flip: bool = False
-
-    def box(self, scale_x: float = 1.0, scale_y: float = 1.0) -> tuple[float, float, float, float]:
-        """(left, upper, right, lower) as PIL wants it, in an image scaled by (scale_x, scale_y)."""
-        return (
-            self.left * scale_x,
-            self.top * scale_y,
-            (self.left + self.width) * scale_x,
-            (self.top + self.height) * scale_y,
-        )
-
-
-def centre_square(width: int, height: int, u: Sequence[float] = ()) -> Crop:
-    """The largest centred square, not mirrored: evaluation preprocessing."""
-    side = min(width, height)
-    return Crop((width - side) / 2, (height - side) / 2, side, side)
 
 
 def _placed(width: int, height: int, box_w: float, box_h: float, u: Sequence[float]) -> Crop:

@@ -13,22 +13,20 @@ DataLoader iterator, which copies the data set into worker processes).
 from __future__ import annotations
 
 import functools
-import math
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import attrs
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch.utils.data import Dataset
-from torchvision.transforms.v2.functional import horizontal_flip, pil_to_tensor
 
 from bifamily.config import in_range, one_of, option
 from bifamily.context import BuildContext
 from bifamily.errors import DataError
+from bifamily.image_decoding import load_crop
 
 from .common import (
     channels_option,
@@ -40,54 +38,8 @@ from .common import (
     to_unit_range,
 )
 from .counter_rng import key_of, uniforms
-from .crops import CROPS, UNIFORMS_PER_CROP, Crop
+from .crops import CROPS, UNIFORMS_PER_CROP
 from .image_files import list_split
-
-_EXIF_ORIENTATION = 0x0112
-_SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that turn the image by 90 degrees
-
-
-def _flatten(image: Image.Image, mode: str) -> Image.Image:
-    """``image`` in ``mode`` ("RGB" or "L"); transparent parts are composited over white.
-
-    16-bit grayscale is scaled to 8 bits (PIL's own conversion would clip it to white).
-    """
-    if image.mode.startswith("I"):
-        image = image.convert("I").point(lambda value: value / 257)
-    if image.mode not in ("RGBA", "LA", "PA", "RGBa", "La") and "transparency" not in image.info:
-        return image.convert(mode)
-    foreground = image.convert("RGBA")
-    background = Image.new("RGBA", foreground.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, foreground).convert(mode)
-
-
-def load_crop(path: Path, mode: str, resolution: int, choose: Callable[[int, int], Crop]) -> torch.Tensor:
-    """Decode ``path`` upright, crop the box ``choose(width, height)`` picks, resize it to a square.
-
-    JPEGs are decoded at the smallest DCT scale (1/8, 1/4, 1/2 or 1) that still leaves the box at
-    least ``resolution`` pixels a side, which saves most of the decoding time of large photographs.
-    Returns uint8 (C, resolution, resolution).
-    """
-    with Image.open(path) as image:
-        turned = image.getexif().get(_EXIF_ORIENTATION, 1) in _SWAPS_AXES
-        width, height = image.size[::-1] if turned else image.size
-        crop = choose(width, height)
-        needed = (
-            math.ceil(width * resolution / max(crop.width, 1.0)),
-            math.ceil(height * resolution / max(crop.height, 1.0)),
-        )
-        image.draft("L" if mode == "L" else None, needed[::-1] if turned else needed)
-        ImageOps.exif_transpose(image, in_place=True)
-        upright = _flatten(image, mode)
-        left, top, right, bottom = crop.box(upright.width / width, upright.height / height)
-        # Cut the whole pixels around the box first: the resize filter must not reach outside it.
-        outer = (math.floor(left), math.floor(top), math.ceil(right), math.ceil(bottom))
-        inner = (left - outer[0], top - outer[1], right - outer[0], bottom - outer[1])
-        size = (resolution, resolution)
-        square = upright.crop(outer).resize(size, Image.Resampling.BILINEAR, box=inner)
-    pixels = pil_to_tensor(square)
-    return horizontal_flip(pixels) if crop.flip else pixels
-
 
 class ImageFolderDataset(Dataset):
     """Labelled (or unlabelled: label -1, ``num_classes`` 0) images from files, decoded per item.

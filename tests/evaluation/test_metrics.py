@@ -170,6 +170,27 @@ def test_probe_and_knn_separate_separable_classes_and_record_their_protocol(plug
     json.dumps(probe.to_json())  # a JSON line as it is
 
 
+class MeanOnlyEncoder(PixelEncoder):
+    """The posterior mean is the pixels; the pooled features carry nothing."""
+
+    def features(self, x):
+        return torch.zeros(x.shape[0], 3)
+
+
+def test_the_recipe_chooses_posterior_mean_features_and_the_swept_learning_rates(plugins):
+    def probe(*overrides):
+        r = recipe(plugins, "eval.train_samples=40", "eval.test_samples=20", "eval.probe_steps=50", *overrides)
+        metrics = build_metrics(r, plugins, ["probe"], CTX)
+        train, test = TwoClasses(60, 0), TwoClasses(30, 1)
+        probed = Subject(Replay(), MeanOnlyEncoder(), ZeroPrior(), CTX, train, test, {"kind": "two"}, 16, 0)
+        return evaluate(metrics, probed, step=1)[0].result
+
+    assert probe().values["probe_top1"] == 0.5  # constant features: every image gets the same class
+    mean = probe("metrics.probe.features=posterior_mean", "eval.probe_lr=1e-3", "metrics.probe.lrs=0.05, 0.001")
+    assert mean.values["probe_top1"] == 1.0 and mean.settings["features"] == "posterior_mean"
+    assert mean.settings["lrs"] == [1e-3, 0.05]  # eval.probe_lr first, duplicates dropped
+
+
 def test_probe_and_knn_refuse_a_data_set_without_labels(plugins):
     metrics = build_metrics(recipe(plugins), plugins, ["knn"], CTX)
     with pytest.raises(DataError, match="metric 'knn' needs class labels.*Unlabelled"):

@@ -73,3 +73,24 @@ def test_trainval_split_is_a_deterministic_partition():
     fit, val = trainval_split(100, 0.1, seed=3)
     assert len(val) == 10 and sorted(torch.cat([fit, val]).tolist()) == list(range(100))
     assert torch.equal(val, trainval_split(100, 0.1, seed=3)[1])
+
+
+def test_early_stopping_keeps_the_best_trainval_step_not_the_last():
+    """Feature a predicts the fit labels 90% of the time and the trainval labels always; feature b
+    predicts the fit labels always but the trainval labels never, at a fifth of the scale. Adam fits
+    a first (trainval 100%), then b takes over to fit the last 10% (trainval falls to 0%)."""
+    labels = torch.arange(400) % 2
+    sign = (2 * labels - 1).float()
+    agree = torch.where(torch.arange(400) % 10 < 9, 1.0, -1.0)
+    fit_x = torch.stack([sign * agree, 0.2 * sign], dim=1)
+    val_x = torch.stack([sign, -0.2 * sign], dim=1)
+
+    def fit(eval_every):
+        return fit_linear_classifier(
+            fit_x, labels, val_x, labels, num_classes=2, lr=0.05, steps=2000, batch_size=400,
+            ema_decay=0.0, eval_every=eval_every, seed=0,
+        )
+
+    assert fit(eval_every=2000).trainval_top1 == 0.0  # the last step alone
+    early = fit(eval_every=20)
+    assert early.trainval_top1 == 1.0 and early.step < 200
