@@ -33,6 +33,7 @@ from bifamily.interfaces import Posterior
 from bifamily.precision import spectral_norm_in_fp32
 from bifamily.step_modules import reparameterised
 from distributed_ranks import BN_BIAS, BN_WEIGHT, run_rank
+from processes import child_pids
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "recipes" / "quickstart.toml")
@@ -238,19 +239,6 @@ def test_channels_last_run_resumes_exactly(tmp_path):
 # -- failure ------------------------------------------------------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                children.append(int(entry.name))
-    return children
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the ranks through /proc")
 def test_a_dead_rank_ends_the_job_with_a_clear_message_and_resume_continues(tmp_path):
@@ -265,7 +253,7 @@ def test_a_dead_rank_ends_the_job_with_a_clear_message_and_resume_continues(tmp_
         while not (out / "checkpoints" / "latest").exists():
             assert job.poll() is None and time.monotonic() < deadline, "the job never wrote a checkpoint"
             time.sleep(0.5)
-        ranks = _children(job.pid)
+        ranks = child_pids(job.pid)
         assert len(ranks) == 2
         os.kill(ranks[1], signal.SIGKILL)
         _, stderr = job.communicate(timeout=60)  # no hang: torchrun stops the surviving rank

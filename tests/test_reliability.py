@@ -32,6 +32,7 @@ from bifamily.plugins import AUTOLOAD_ENV, BLOCK_ENV, default_plugins
 from bifamily.stopping import DUPLICATE_WINDOW_S, StopSignals
 from bifamily.train import Trainer
 
+from processes import child_pids
 from tiny_model import TINY_MODEL
 
 RECIPE = """
@@ -513,19 +514,6 @@ def test_broken_plugins_are_named_listed_as_failed_and_do_not_take_the_others_do
 # -- a distributed stop -----------------------------------------------------------------------------
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the ranks through /proc")
 def test_sigterm_to_one_rank_stops_both_at_the_same_step_with_one_checkpoint(recipe, tmp_path):
@@ -541,7 +529,7 @@ def test_sigterm_to_one_rank_stops_both_at_the_same_step_with_one_checkpoint(rec
         while not (out / "checkpoints" / "latest").exists():
             assert job.poll() is None and time.monotonic() < deadline, job.communicate()
             time.sleep(0.2)
-        ranks = children(job.pid)
+        ranks = child_pids(job.pid)
         assert len(ranks) == 2
         os.kill(max(ranks), signal.SIGTERM)  # one rank only, as when a node is preempted
         _, stderr = job.communicate(timeout=120)

@@ -100,6 +100,8 @@ def topk_accuracies(classifier: LinearClassifier, x: Tensor, y: Tensor, ks: Sequ
     return [int(h) / x.shape[0] for h in hits]
 
 
+@torch.inference_mode(False)
+@torch.enable_grad()
 def fit_linear_classifier(
     fit_x: Tensor,
     fit_y: Tensor,
@@ -118,25 +120,9 @@ def fit_linear_classifier(
 
     The EMA classifier is evaluated every ``eval_every`` steps and after the last one. Minibatches are
     drawn with replacement from a generator seeded with ``seed`` (full batch when ``batch_size`` covers
-    the fit split), so every learning rate of a sweep sees the same batches.
+    the fit split), so every learning rate of a sweep sees the same batches. Gradients are on even
+    when the caller runs under ``inference_mode`` (as evaluation does).
     """
-    with torch.inference_mode(False), torch.enable_grad():
-        return _fit(fit_x, fit_y, val_x, val_y, num_classes, lr, steps, batch_size, ema_decay, eval_every, seed)
-
-
-def _fit(
-    fit_x: Tensor,
-    fit_y: Tensor,
-    val_x: Tensor,
-    val_y: Tensor,
-    num_classes: int,
-    lr: float,
-    steps: int,
-    batch_size: int,
-    ema_decay: float,
-    eval_every: int,
-    seed: int,
-) -> ClassifierFit:
     if fit_x.is_inference():  # features made under inference_mode cannot be saved for backward
         fit_x = fit_x.clone()
     device = fit_x.device
