@@ -71,6 +71,12 @@ class TrainConfig:
     )
     channels_last: bool = option(False, help="Keep images and conv weights in NHWC memory layout (faster convs on tensor cores and oneDNN).")
     compile: bool = option(False, help="torch.compile the G+E and D step modules (slow first steps, faster after).")
+    keep_freed_memory: bool = option(
+        True,
+        help="CPU runs: have glibc's malloc keep freed memory for reuse instead of handing it back to the kernel, "
+        "so each step does not fault in fresh pages (process-wide; no effect on other C libraries or devices; "
+        "see docs/performance.md).",
+    )
     num_workers: int = option(0, help="Data-loader worker processes per rank (0 = load in the training process).", validator=non_negative)
     collective_timeout_s: int = option(
         900,

@@ -21,6 +21,7 @@ import attrs
 import torch
 
 from bifamily import __version__
+from bifamily.allocator import keep_freed_memory
 from bifamily.batchnorm import batch_norm_for
 from bifamily.build import Model, build_model, make_context
 from bifamily.context import BuildContext
@@ -76,6 +77,8 @@ def prepare(recipe: Recipe, world: World | None = None, plugins: PluginSet | Non
         problems += missing_package_problems()
     if problems:
         raise RecipeError(problems, source=recipe.source)
+    if recipe.train.keep_freed_memory and device.type == "cpu":
+        keep_freed_memory()
     ctx = make_context(recipe, device, batch_norm=batch_norm_for(device, world.size))
     model = build_model(recipe, ctx)
     train_data, test_data = open_data(recipe, ctx)
