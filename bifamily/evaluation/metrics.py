@@ -13,6 +13,7 @@ EMA generator and encoder of a model with its prior and data. Each computation g
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Protocol
 
 import attrs
@@ -197,6 +198,15 @@ def best_direction(best: str, metrics: Mapping[str, Metric]) -> Direction:
     raise RecipeError([f"$.eval.best: {best!r} is not a value of the metrics in $.eval.metrics (they report: {offered})"])
 
 
+def data_key(recipe: Recipe) -> dict[str, Any]:
+    """The resolved [data] section, with a relative ``root`` made absolute: two runs that name
+    different folders by the same relative path must not share cached reference statistics."""
+    data = recipe.to_dict()["data"]
+    if isinstance(data.get("root"), str):
+        data = {**data, "root": str(Path(data["root"]).resolve())}
+    return data
+
+
 def make_subject(recipe: Recipe, generator: nn.Module, encoder: Encoder, prior: LatentPrior,
                  context: BuildContext, train_data: Dataset, test_data: Dataset) -> Subject:
     return Subject(
@@ -206,7 +216,7 @@ def make_subject(recipe: Recipe, generator: nn.Module, encoder: Encoder, prior: 
         context=context,
         train_data=train_data,
         test_data=test_data,
-        data_key=recipe.to_dict()["data"],
+        data_key=data_key(recipe),
         batch_size=recipe.eval.batch_size,
         seed=recipe.run.seed,
     )

@@ -16,7 +16,15 @@ from bifamily.config import option
 from bifamily.context import BuildContext
 from bifamily.errors import DataError, RecipeError
 from bifamily.evaluation.best import BestSnapshot
-from bifamily.evaluation.metrics import MetricResult, Subject, best_direction, build_metrics, evaluate, format_table
+from bifamily.evaluation.metrics import (
+    MetricResult,
+    Subject,
+    best_direction,
+    build_metrics,
+    data_key,
+    evaluate,
+    format_table,
+)
 from bifamily.hookspecs import hookimpl
 from bifamily.interfaces import LatentPrior, Posterior
 from bifamily.plugins import load_plugins
@@ -189,6 +197,17 @@ def test_the_recipe_chooses_posterior_mean_features_and_the_swept_learning_rates
     mean = probe("metrics.probe.features=posterior_mean", "eval.probe_lr=1e-3", "metrics.probe.lrs=0.05, 0.001")
     assert mean.values["probe_top1"] == 1.0 and mean.settings["features"] == "posterior_mean"
     assert mean.settings["lrs"] == [1e-3, 0.05]  # eval.probe_lr first, duplicates dropped
+
+
+def test_the_reference_cache_key_names_the_data_folder_absolutely(plugins, tmp_path, monkeypatch):
+    mnist = "data={kind = \"mnist\", root = \"digits\"}"
+    keys = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        monkeypatch.chdir(tmp_path / folder)
+        keys.append(data_key(recipe(plugins, mnist)))
+    assert keys[0]["root"] == str(tmp_path / "a" / "digits") and keys[1]["root"] == str(tmp_path / "b" / "digits")
+    assert data_key(recipe(plugins)) == recipe(plugins).to_dict()["data"]  # no root: as resolved
 
 
 def test_probe_and_knn_refuse_a_data_set_without_labels(plugins):
