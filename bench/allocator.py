@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -26,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import result_file  # bench/result_file.py: the script's own folder is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "allocator.json"
@@ -122,16 +123,8 @@ def main() -> None:
         "command": " ".join(["python", "bench/allocator.py", *sys.argv[1:]]),
         "threads": args.threads or "torch default",
         "models": results,
-        "machine": {
-            "platform": platform.platform(),
-            "libc": " ".join(platform.libc_ver()),
-            "cpus": os.cpu_count(),
-            "load_average_1min": round(os.getloadavg()[0], 2),
-        },
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"written to {args.output}")
+    result_file.write(args.output, report)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -33,6 +32,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+import result_file  # bench/result_file.py: the script's own folder is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "mnist_probe.json"
@@ -133,18 +134,9 @@ def main() -> None:
         "training_steps": steps,
         "training_seconds": round(seconds, 1) if seconds else None,
         **evaluation,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "load_average_1min": round(os.getloadavg()[0], 2),
-        },
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["results"], indent=2))
-    print(f"written to {args.output}")
+    result_file.write(args.output, report)
 
 
 if __name__ == "__main__":

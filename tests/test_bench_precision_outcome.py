@@ -20,7 +20,8 @@ TINY = [
 ]
 
 
-def load_bench():
+def load_bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))  # as when the script runs: its folder on the path
     spec = importlib.util.spec_from_file_location("precision_outcome", REPO / "bench" / "precision_outcome.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -31,8 +32,8 @@ def row(probe, knn=0.0):
     return {"probe_top1": probe, "knn_top1": knn, "probe_gain": probe - 30, "loss_d": 4.0, "loss_eg": 2.0}
 
 
-def test_means_deviations_and_the_standard_error_of_their_difference():
-    summary = load_bench().summarise({"fp32": [row(40), row(44)], "bf16": [row(41), row(47), row(44)]})
+def test_means_deviations_and_the_standard_error_of_their_difference(monkeypatch):
+    summary = load_bench(monkeypatch).summarise({"fp32": [row(40), row(44)], "bf16": [row(41), row(47), row(44)]})
     assert summary["fp32"]["probe_top1"] == {"mean": 42.0, "sd": math.sqrt(8)}
     assert summary["bf16"]["probe_top1"] == {"mean": 44.0, "sd": 3.0}
     difference = summary["difference"]["probe_top1"]

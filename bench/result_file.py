@@ -1,0 +1,29 @@
+"""What every stand-alone bench script records about the machine, and how it writes its JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+
+def machine() -> dict[str, Any]:
+    """The machine a figure was measured on, including how busy it was when the result was written."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "libc": " ".join(platform.libc_ver()),
+        "cpus": os.cpu_count(),
+        "torch": version("torch"),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
+
+
+def write(path: Path, report: dict[str, Any]) -> None:
+    """``report`` with the machine added, as indented JSON at ``path`` (parent folders created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**report, "machine": machine()}, indent=2) + "\n")
+    print(f"written to {path}")
