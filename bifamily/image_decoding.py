@@ -16,6 +16,11 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.transforms.v2.functional import horizontal_flip, pil_to_tensor
 
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+)
+"""File name endings (lower case) that are read as images."""
+
 _EXIF_ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that turn the image by 90 degrees
 

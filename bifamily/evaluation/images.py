@@ -10,11 +10,9 @@ from torch import Tensor, nn
 from torchvision.utils import save_image
 
 from bifamily.errors import BifamilyError, DataError
-from bifamily.image_decoding import load_crop
+from bifamily.image_decoding import IMAGE_EXTENSIONS, load_crop
 from bifamily.interfaces import LatentPrior
 from bifamily.randomness import derive_seed
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 
 
 @torch.inference_mode()
@@ -37,9 +35,9 @@ def load_images(folder: Path, channels: int, size: int, n: int) -> Tensor:
     over white, centre square, resized). Files that cannot be decoded are skipped with one warning
     that counts them."""
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
     if not files:
-        raise DataError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+        raise DataError(f"{folder}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     if channels not in (1, 3):
         raise DataError(f"{folder}: reading image files for a {channels}-channel model is not supported (1 or 3)")
     mode = "L" if channels == 1 else "RGB"

@@ -23,10 +23,8 @@ from pathlib import Path
 import attrs
 
 from bifamily.errors import DataError
+from bifamily.image_decoding import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
-)
 UNLABELLED = -1
 
 
