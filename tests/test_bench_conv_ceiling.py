@@ -3,7 +3,6 @@ recipe end to end."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,16 +12,14 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench_scripts import load_bench_script
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["train.batch_size=8", "generator.ch=8", "encoder.ch=8", "discriminator.ch=8", "prior.dim=16"]
 
 
 def load_bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "bench"))  # as when the script runs: its folder on the path
-    spec = importlib.util.spec_from_file_location("conv_ceiling", REPO / "bench" / "conv_ceiling.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script(monkeypatch, "conv_ceiling")
 
 
 def train_twice(model: nn.Module, x: torch.Tensor) -> None:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -11,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from bench_scripts import load_bench_script
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -21,11 +22,7 @@ TINY = [
 
 
 def load_bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "bench"))  # as when the script runs: its folder on the path
-    spec = importlib.util.spec_from_file_location("precision_outcome", REPO / "bench" / "precision_outcome.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script(monkeypatch, "precision_outcome")
 
 
 def row(probe, knn=0.0):
