@@ -6,8 +6,8 @@ flop counter counts). Each distinct operation is then replayed alone, at its exa
 and dtype, on warm caches, and its best time kept. The counted FLOPs of the step divided by the sum
 of these best times is the FLOP/s the step would reach if it did nothing but these kernels at their
 isolated speed: an upper bound of the "model FLOP/s" the performance suite reports, measured with
-the same kernels. Printed and written as a fraction of the same run's conv limit
-(``bench.suite.machine``).
+the same kernels. Printed and written as a fraction of the conv limit of the step's device and
+precision, measured in the same run (``bench.suite.machine``).
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import attrs
 import torch
@@ -32,26 +31,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, 
 
 from bench.suite.configs import MODES  # noqa: E402
 from bench.suite.machine import DTYPES, FULL_SHAPES, conv_gflops  # noqa: E402
-from bench.suite.training import load_recipe  # noqa: E402
-from bifamily.session import prepare  # noqa: E402
-from bifamily.train import Trainer, make_state  # noqa: E402
+from bench.suite.training import load_recipe, synchronize, timed_step, warm_trainer  # noqa: E402
 
 
 class TensorSpec(tuple):
-    """(shape, stride, dtype) of a recorded argument: what its replay stand-in must match."""
+    """(shape, stride, dtype, device) of a recorded argument: what its replay stand-in must match."""
 
 
 def _spec(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
-        return TensorSpec((tuple(value.shape), value.stride(), value.dtype))
+        return TensorSpec((tuple(value.shape), value.stride(), value.dtype, value.device))
     return value
 
 
 def _stand_in(value: Any) -> Any:
     if isinstance(value, TensorSpec):
-        shape, stride, dtype = value
-        return torch.empty_strided(shape, stride, dtype=dtype).normal_()
+        shape, stride, dtype, device = value
+        return torch.empty_strided(shape, stride, dtype=dtype, device=device).normal_()
     return value
+
+
+def _device(specs: Any) -> torch.device:
+    args, _ = specs
+    return next(arg[3] for arg in args if isinstance(arg, TensorSpec))
 
 
 @attrs.define
@@ -83,11 +85,14 @@ def replay(call: Call, repeats: int) -> dict[str, Any]:
     """The call's best time alone (on random tensors of its specs, warm caches) and FLOPs, each
     multiplied by how often the block ran it."""
     args, kwargs = tree_map(_stand_in, call.specs)
+    device = _device(call.specs)
     call.func(*args, **kwargs)  # warm-up: kernel choice, workspace
     best = float("inf")
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         call.func(*args, **kwargs)
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     with FlopCounterMode(display=False) as counter:
         call.func(*args, **kwargs)
@@ -121,28 +126,27 @@ def kernel_ceiling(calls: list[Call], repeats: int) -> dict[str, Any]:
     }
 
 
-def _seconds(block: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    block()
-    return time.perf_counter() - start
-
-
 def step_ceiling(recipe_path: str, overrides: tuple[str, ...], warmup: int, steps: int, repeats: int) -> dict[str, Any]:
     """The recipe's training step: the median of ``steps`` timed steps after ``warmup``, then one step
-    recorded and its operations replayed. The achieved FLOP/s use the replay's FLOP count, which is
-    the flop counter's count of a step."""
+    recorded and its operations replayed, and the conv limit of the step's device and precision.
+    The achieved FLOP/s use the replay's FLOP count, which is the flop counter's count of a step."""
     recipe = load_recipe(recipe_path, overrides)
-    with tempfile.TemporaryDirectory() as run_dir:
-        prepared = prepare(recipe)
-        state = make_state(recipe, prepared.model, prepared.train_data)
-        trainer = Trainer(recipe, state, Path(run_dir), progress=False)
-        for _ in range(warmup):
-            trainer.train_step()
-        step_seconds = statistics.median(_seconds(trainer.train_step) for _ in range(steps))
+    with warm_trainer(recipe, warmup) as trainer:
+        step_seconds = statistics.median(timed_step(trainer, trainer.device)[0] for _ in range(steps))
         with Recorder() as recorder:
             trainer.train_step()
+        device = trainer.device
     result = kernel_ceiling(list(recorder.calls.values()), repeats)
-    return {"step_seconds": step_seconds, "achieved_gflops": result["counted_flops"] / step_seconds / 1e9, **result}
+    limit = conv_gflops(DTYPES[recipe.train.precision], device, FULL_SHAPES)
+    achieved = result["counted_flops"] / step_seconds / 1e9
+    return {
+        "step_seconds": step_seconds,
+        "achieved_gflops": achieved,
+        **result,
+        "conv_limit_gflops": limit,
+        "ceiling_fraction_of_conv_limit": result["ceiling_gflops"] / limit,
+        "achieved_fraction_of_conv_limit": achieved / limit,
+    }
 
 
 def main() -> None:
@@ -159,18 +163,13 @@ def main() -> None:
         "recipe": args.recipe, "overrides": args.overrides, "threads": torch.get_num_threads(), "modes": {}
     }
     for mode in args.modes:
-        precision = MODES[mode].precision
-        limit = conv_gflops(DTYPES[precision], torch.device("cpu"), FULL_SHAPES)
         overrides = (*args.overrides, *MODES[mode].overrides())
         result = step_ceiling(args.recipe, overrides, args.warmup, args.steps, args.repeats)
-        result["conv_limit_gflops"] = limit
-        result["ceiling_fraction_of_conv_limit"] = result["ceiling_gflops"] / limit
-        result["achieved_fraction_of_conv_limit"] = result["achieved_gflops"] / limit
         report["modes"][mode] = result
         print(
             f"{mode}: counted {result['counted_flops'] / 1e9:.1f} GFLOP per step in {result['distinct_ops']} distinct ops; "
             f"alone they take {result['isolated_kernel_seconds']:.3f} s -> {result['ceiling_gflops']:.0f} GFLOP/s, "
-            f"{100 * result['ceiling_fraction_of_conv_limit']:.0f}% of the conv limit ({limit:.0f} GFLOP/s); "
+            f"{100 * result['ceiling_fraction_of_conv_limit']:.0f}% of the conv limit ({result['conv_limit_gflops']:.0f} GFLOP/s); "
             f"the whole step: {result['step_seconds']:.3f} s (median) -> {result['achieved_gflops']:.0f} GFLOP/s, "
             f"{100 * result['achieved_fraction_of_conv_limit']:.0f}%"
         )

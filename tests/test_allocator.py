@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.skipif(
-    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="train.keep_freed_memory works through glibc's mallopt; with other C libraries it does nothing to test"
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+    reason="train.keep_freed_memory works through glibc's mallopt; with other C libraries it does nothing to test",
 )
 
 REPO = Path(__file__).resolve().parents[1]

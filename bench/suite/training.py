@@ -52,7 +52,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(trainer: Trainer, device: torch.device) -> tuple[float, float]:
+def timed_step(trainer: Trainer, device: torch.device) -> tuple[float, float]:
     """(wall, process CPU) seconds of one step."""
     synchronize(device)
     wall, cpu = time.perf_counter(), time.process_time()
@@ -69,22 +69,30 @@ def count_step_flops(trainer: Trainer) -> int:
     return counter.get_total_flops()
 
 
-def measure_steps(recipe: Recipe, warmup: int, steps: int, backend: str, flops: bool) -> dict[str, Any]:
-    """Median step time (and process CPU time) after ``warmup`` steps, images/s, parameter counts,
-    and with ``flops`` the FLOPs of one more step; on CUDA the peak of allocated memory."""
-    with compile_backend(backend), tempfile.TemporaryDirectory() as run_dir:
+@contextlib.contextmanager
+def warm_trainer(recipe: Recipe, warmup: int) -> Iterator[Trainer]:
+    """A trainer for ``recipe`` in a temporary run directory, its modules in training mode, after
+    ``warmup`` steps."""
+    with tempfile.TemporaryDirectory() as run_dir:
         prepared = prepare(recipe)
         state = make_state(recipe, prepared.model, prepared.train_data)
         trainer = Trainer(recipe, state, Path(run_dir), progress=False)
-        device = trainer.device
         for module in prepared.model.modules().values():
             module.train()
         for _ in range(warmup):
             trainer.train_step()
+        yield trainer
+
+
+def measure_steps(recipe: Recipe, warmup: int, steps: int, backend: str, flops: bool) -> dict[str, Any]:
+    """Median step time (and process CPU time) after ``warmup`` steps, images/s, parameter counts,
+    and with ``flops`` the FLOPs of one more step; on CUDA the peak of allocated memory."""
+    with compile_backend(backend), warm_trainer(recipe, warmup) as trainer:
+        device = trainer.device
         synchronize(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        times = [_timed(trainer, device) for _ in range(steps)]
+        times = [timed_step(trainer, device) for _ in range(steps)]
         walls, cpus = [wall for wall, _ in times], [cpu for _, cpu in times]
         train = recipe.train
         step_seconds = statistics.median(walls)
@@ -99,7 +107,7 @@ def measure_steps(recipe: Recipe, warmup: int, steps: int, backend: str, flops: 
             "images_per_s": train.batch_size * (train.d_steps + 1) / step_seconds,
             # one batch per step, as the reference implementation counts its images/s
             "batch_images_per_s": train.batch_size / step_seconds,
-            "parameters": prepared.model.parameter_counts(),
+            "parameters": trainer.model.parameter_counts(),
         }
         if device.type == "cuda":
             result["cuda_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
