@@ -163,6 +163,14 @@ class Loss(abc.ABC):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """L_EG, minimised jointly by the generator and the encoder."""
 
+    reconstructs: bool = False
+    """Whether L_EG also has a term on reconstructions G(E(x)) (ALICE's explicit cycle). Only then does
+    the trainer decode the real images' latent samples and add :meth:`reconstruction` to L_EG."""
+
+    def reconstruction(self, x: torch.Tensor, x_rec: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The reconstruction term of L_EG for real images ``x`` and ``x_rec`` = G(a sample of E(x))."""
+        raise NotImplementedError(f"{type(self).__name__} has no reconstruction term")
+
 
 @runtime_checkable
 class LabelledDataset(Protocol):

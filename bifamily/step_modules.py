@@ -1,6 +1,7 @@
 """The two modules a training step calls, shaped so that DDP sees one forward before each backward.
 
-- :class:`GeneratorEncoder`: G and E in one module, (z, x_e, noise) -> (G(z), a sample of E(x_e)).
+- :class:`GeneratorEncoder`: G and E in one module, (z, x_e, noise) -> (G(z), a sample of E(x_e)) and,
+  when the loss has a reconstruction term, G of that sample.
   The G+E update is one optimizer over both, and with one container it is also one DDP reducer over
   both: one gradient all-reduce per update, bucketed across G and E. (Two DDPs would work too, but
   would all-reduce in two independent passes and need two ``no_sync`` contexts per micro-step.)
@@ -43,15 +44,19 @@ def reparameterised(posterior: Posterior, noise: torch.Tensor) -> torch.Tensor:
 
 
 class GeneratorEncoder(nn.Module):
-    """G and E side by side: fake images from latents, latent samples from real images."""
+    """G and E side by side: fake images from latents, latent samples from real images, and with
+    ``reconstruct`` the reconstructions G(z_hat) of the real images (None otherwise)."""
 
     def __init__(self, generator: Generator, encoder: Encoder):
         super().__init__()
         self.generator = generator
         self.encoder = encoder
 
-    def forward(self, z: torch.Tensor, x_e: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.generator(z), reparameterised(self.encoder(x_e), noise)
+    def forward(
+        self, z: torch.Tensor, x_e: torch.Tensor, noise: torch.Tensor, reconstruct: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        z_hat = reparameterised(self.encoder(x_e), noise)
+        return self.generator(z), z_hat, self.generator(z_hat) if reconstruct else None
 
 
 class ScorePairs(nn.Module):
@@ -102,10 +107,12 @@ def parameters_without_gradient(model: Model, ge: GeneratorEncoder, pairs: Score
     named_d = [(name, p) for name, p in pairs.named_parameters() if p.requires_grad]
     named_ge = [(name, p) for name, p in ge.named_parameters() if p.requires_grad]
     with _evaluation_mode([ge, pairs]):
-        x_fake, z_hat = ge(z, x_e, noise)
+        x_fake, z_hat, x_rec = ge(z, x_e, noise, reconstruct=model.loss.reconstructs)
         real, fake = pairs(x, z_hat, x_fake, z)
         loss_d, _ = model.loss.discriminator(real, fake)
         loss_ge, _ = model.loss.generator_encoder(real, fake)
+        if x_rec is not None:
+            loss_ge = loss_ge + model.loss.reconstruction(x, x_rec)[0]
         grads_d = torch.autograd.grad(loss_d, [p for _, p in named_d], retain_graph=True, allow_unused=True)
         grads_ge = torch.autograd.grad(loss_ge, [p for _, p in named_ge], allow_unused=True)
     unused_d = [name for (name, _), grad in zip(named_d, grads_d) if grad is None]

@@ -232,7 +232,7 @@ class Trainer:
             with self.pairs.syncing(last=j == len(micro_steps) - 1):
                 with self.precision.autocast():
                     with torch.no_grad():
-                        x_fake, z_hat = self.ge(z, x_e, noise)
+                        x_fake, z_hat, _ = self.ge(z, x_e, noise)
                     real, fake = self.pairs(x, z_hat, x_fake, z)
                     loss, micro_stats = self.model.loss.discriminator(real, fake)
                 self.watch.record("discriminator loss", loss, step)
@@ -255,9 +255,12 @@ class Trainer:
             for j, (x, x_e, z, noise) in enumerate(micro_steps):
                 with self.ge.syncing(last=j == len(micro_steps) - 1):
                     with self.precision.autocast():
-                        x_fake, z_hat = self.ge(z, x_e, noise)
+                        x_fake, z_hat, x_rec = self.ge(z, x_e, noise, self.model.loss.reconstructs)
                         real, fake = self.frozen_pairs(x, z_hat, x_fake, z)
                         loss, micro_stats = self.model.loss.generator_encoder(real, fake)
+                        if x_rec is not None:
+                            cycle, cycle_stats = self.model.loss.reconstruction(x, x_rec)
+                            loss, micro_stats = loss + cycle, {**micro_stats, **cycle_stats}
                     self.watch.record("generator+encoder loss", loss, step)
                     scaler.scale(loss / len(micro_steps)).backward()
                 stats.append(micro_stats)

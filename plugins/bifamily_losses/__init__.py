@@ -22,12 +22,25 @@ from .bigbigan import BigbiganLoss
 _weight = check(lambda v: math.isfinite(v) and v >= 0, "must be a finite number >= 0, got {value}")
 
 
+def _cycle_option():
+    return option(
+        0.0,
+        help=(
+            "Weight of ALICE's explicit cycle term, mean |G(E(x)) - x| (L1 over pixels, E(x) a posterior "
+            "sample) added to L_EG; 0 drops it. Costs one more generator pass per G+E update."
+        ),
+        validator=_weight,
+    )
+
+
 @attrs.frozen
 class BiganLossConfig:
     """BiGAN / ALI: logistic loss on the joint score s_xz, non-saturating for G and E."""
 
+    cycle: float = _cycle_option()
+
     def build(self, ctx: BuildContext) -> BiganLoss:
-        return BiganLoss()
+        return BiganLoss(cycle=self.cycle)
 
 
 @attrs.frozen
@@ -47,13 +60,14 @@ class BigbiganLossConfig:
     joint: float = option(
         1.0, help="Weight of the joint term s_xz (0 drops it).", validator=_weight
     )
+    cycle: float = _cycle_option()
 
     def build(self, ctx: BuildContext) -> BigbiganLoss:
         if self.x_unary == 0 and self.z_unary == 0 and self.joint == 0:
             raise RecipeError(
                 ["$.loss.x_unary, $.loss.z_unary, $.loss.joint: at least one weight must be > 0"]
             )
-        return BigbiganLoss(x_unary=self.x_unary, z_unary=self.z_unary, joint=self.joint)
+        return BigbiganLoss(x_unary=self.x_unary, z_unary=self.z_unary, joint=self.joint, cycle=self.cycle)
 
 
 @hookimpl

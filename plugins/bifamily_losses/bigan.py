@@ -15,14 +15,18 @@ import torch.nn.functional as F
 
 from bifamily.interfaces import Loss, Scores
 
+from .cycle import CycleTerm
 from .scores import mean_stats, required_score
 
 
-class BiganLoss(Loss):
+class BiganLoss(CycleTerm, Loss):
     """Logistic loss on the joint score only; unary scores, if present, are ignored."""
 
     name = "bigan"
     required_scores: tuple[str, ...] = ("s_xz",)
+
+    def __init__(self, *, cycle: float = 0.0):
+        self.cycle = cycle
 
     def _joint(self, real: Scores, fake: Scores) -> tuple[torch.Tensor, torch.Tensor]:
         return (
@@ -45,4 +49,4 @@ class BiganLoss(Loss):
         return loss, {"loss_eg": loss.detach()}
 
     def __repr__(self) -> str:
-        return "BiganLoss()"
+        return f"BiganLoss(cycle={self.cycle})" if self.cycle else "BiganLoss()"

@@ -18,15 +18,16 @@ import torch.nn.functional as F
 
 from bifamily.interfaces import Loss, Scores
 
+from .cycle import CycleTerm
 from .scores import mean_stats, required_score
 
 
-class BigbiganLoss(Loss):
+class BigbiganLoss(CycleTerm, Loss):
     """Per-term hinge loss weighting the unary image (s_x), unary latent (s_z) and joint terms."""
 
     name = "bigbigan"
 
-    def __init__(self, *, x_unary: float = 1.0, z_unary: float = 1.0, joint: float = 1.0):
+    def __init__(self, *, x_unary: float = 1.0, z_unary: float = 1.0, joint: float = 1.0, cycle: float = 0.0):
         weights = {"s_x": x_unary, "s_z": z_unary, "s_xz": joint}
         if any(weight < 0 for weight in weights.values()):
             raise ValueError(f"loss weights must be >= 0, got {weights}")
@@ -34,6 +35,7 @@ class BigbiganLoss(Loss):
         if not self.weights:
             raise ValueError("at least one loss weight must be > 0")
         self.required_scores: tuple[str, ...] = tuple(self.weights)
+        self.cycle = cycle
 
     def _terms(
         self, real: Scores, fake: Scores
@@ -63,4 +65,5 @@ class BigbiganLoss(Loss):
         return loss, {"loss_eg": loss.detach()}
 
     def __repr__(self) -> str:
-        return f"BigbiganLoss(weights={self.weights})"
+        cycle = f", cycle={self.cycle}" if self.cycle else ""
+        return f"BigbiganLoss(weights={self.weights}{cycle})"

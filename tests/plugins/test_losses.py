@@ -425,3 +425,25 @@ def test_discriminator_pushes_real_scores_up_and_fake_down_generator_encoder_the
         else:
             assert (d_real[s_real < 1] < 0).all() and (d_fake[s_fake > -1] > 0).all()
             assert (eg_real > 0).all() and (eg_fake < 0).all()
+
+
+@pytest.mark.parametrize("loss", [BiganLoss(cycle=2.5), BigbiganLoss(cycle=2.5)])
+def test_the_cycle_term_is_its_weight_times_the_mean_absolute_difference(loss: Loss) -> None:
+    x = torch.tensor([[0.5, -1.0], [0.0, 1.0]])
+    x_rec = torch.tensor([[0.0, -1.0], [1.0, 0.5]], dtype=torch.bfloat16)
+    term, stats = loss.reconstruction(x, x_rec)
+    assert loss.reconstructs
+    assert term.dtype == torch.float32 and float(term) == 2.5 * (0.5 + 0.0 + 1.0 + 0.5) / 4
+    assert float(stats["cycle_l1"]) == 0.5 and not stats["cycle_l1"].requires_grad
+
+
+@pytest.mark.parametrize("config", [BiganLossConfig(), BigbiganLossConfig()])
+def test_without_a_cycle_weight_a_loss_does_not_reconstruct(config) -> None:
+    assert not config.build(CTX).reconstructs
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.inf, math.nan])
+def test_the_cycle_weight_must_be_finite_and_non_negative(bad: float) -> None:
+    for config_cls in (BiganLossConfig, BigbiganLossConfig):
+        with pytest.raises(ValueError, match="finite number >= 0"):
+            config_cls(cycle=bad)
