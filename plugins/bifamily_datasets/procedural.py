@@ -1,7 +1,8 @@
 """The built-in data set: coloured shapes rendered on the fly, nothing on disk, nothing downloaded.
 
 An item is a shape (its label) at a random position, size and rotation, in a random foreground colour
-on a random background colour with at least a fixed luminance contrast, plus mild pixel noise. Every
+on a random background colour with at least a fixed luminance contrast (or, as an option, a light
+shape on a dark background), plus mild pixel noise. Every
 random number of item ``i`` is a hash of (seed, split, i), so an item never changes, whatever batch
 or worker draws it, and the train and test splits never share an item's parameters.
 
@@ -18,7 +19,7 @@ import attrs
 import torch
 from torch.utils.data import Dataset
 
-from bifamily.config import InvalidValue, in_range, option, positive
+from bifamily.config import InvalidValue, in_range, one_of, option, positive
 from bifamily.context import BuildContext
 
 from .common import (
@@ -35,6 +36,7 @@ MIN_CONTRAST = 0.35  # |luminance(fg) - luminance(bg)|, colours in [0, 1]
 NOISE_STD = 0.03  # in [0, 1] colour units
 NOISE_TILES = 8  # noise comes from a small seeded bank of double-size tiles, cropped per item
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
+COLOUR_SCHEMES = ("contrasting", "light_on_dark")
 _SPLIT_IDS = {"train": 0, "test": 1}
 
 # Columns of an item's uniforms.
@@ -56,6 +58,8 @@ class ProceduralShapes(Dataset):
         resolution: int,
         channels: int,
         radius_range: tuple[float, float],
+        placement: float = 1.0,
+        colours: str = "contrasting",
     ):
         self.key = key
         self.length = length
@@ -64,6 +68,8 @@ class ProceduralShapes(Dataset):
         self.resolution = resolution
         self.channels = channels
         self.radius_range = radius_range
+        self.placement = placement
+        self.colours = colours
         self._sdfs = list(SHAPES.values())[:classes]
         noise_rng = torch.Generator().manual_seed(key)
         self._noise = NOISE_STD * torch.randn(
@@ -99,8 +105,8 @@ class ProceduralShapes(Dataset):
         side = self.resolution
         low, high = self.radius_range
         radius = side * (low + (high - low) * u[:, _SIZE])
-        centre_x = radius + (side - 2 * radius) * u[:, _X]
-        centre_y = radius + (side - 2 * radius) * u[:, _Y]
+        centre_x = radius + (side - 2 * radius) * self._placed(u[:, _X])
+        centre_y = radius + (side - 2 * radius) * self._placed(u[:, _Y])
         angle = 2 * math.pi * u[:, _ANGLE]
         pixel = torch.arange(side, dtype=torch.float32) + 0.5
         dx = pixel[None, None, :] - centre_x[:, None, None]
@@ -118,9 +124,20 @@ class ProceduralShapes(Dataset):
             start += count
         return (0.5 - distance * scale).clamp_(0, 1)
 
+    def _placed(self, u: torch.Tensor) -> torch.Tensor:
+        """Where in the free room a centre lies (0..1): the middle ``placement`` fraction of it."""
+        if self.placement == 1:  # the full room, bit for bit as drawn
+            return u
+        return 0.5 + self.placement * (u - 0.5)
+
     def _colours(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, C) foreground and background colours in [0, 1] with enough luminance contrast."""
         foreground, background = u[:, _FG], u[:, _BG]
+        if self.colours == "light_on_dark":
+            foreground, background = 0.5 + 0.5 * foreground, 0.25 * background
+            if self.channels == 1:
+                return (foreground @ _LUMA)[:, None], (background @ _LUMA)[:, None]
+            return foreground, background
         fg_luma, bg_luma = foreground @ _LUMA, background @ _LUMA
         brighter = ((fg_luma >= bg_luma) & (bg_luma <= 1 - MIN_CONTRAST)) | (bg_luma < MIN_CONTRAST)
         target = brighter.to(torch.float32)  # mix towards white when brighter, else black
@@ -180,6 +197,23 @@ class ProceduralConfig:
         ),
         validator=[in_range(0.05, 0.5), _not_below_min_radius],
     )
+    placement: float = option(
+        1.0,
+        help=(
+            "Fraction of the free room, around the middle, over which a shape's centre varies: 1 "
+            "anywhere the shape fits, 0 always centred."
+        ),
+        validator=in_range(0.0, 1.0),
+    )
+    colours: str = option(
+        "contrasting",
+        help=(
+            "'contrasting': random foreground and background colours with a luminance contrast of at "
+            f"least {MIN_CONTRAST}, the shape lighter or darker; 'light_on_dark': every channel of the "
+            "foreground in [0.5, 1] and of the background in [0, 0.25] (an easier data set)."
+        ),
+        validator=one_of(*COLOUR_SCHEMES),
+    )
     seed: int = option(0, help="Seed of the images; train and test draw from disjoint streams.")
     train_size: int = option(50000, help="Images in the train split (virtual length).", validator=positive)
     test_size: int = option(10000, help="Images in the test split (virtual length).", validator=positive)
@@ -193,4 +227,6 @@ class ProceduralConfig:
             resolution=ctx.data_resolution,
             channels=ctx.channels,
             radius_range=(self.min_radius, self.max_radius),
+            placement=self.placement,
+            colours=self.colours,
         )

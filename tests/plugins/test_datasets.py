@@ -22,6 +22,7 @@ from bifamily.errors import DataError, RecipeError
 from bifamily.interfaces import LabelledDataset
 from bifamily.testing.idx import write_idx
 from bifamily_datasets import ImageFolderConfig, MnistConfig, ProceduralConfig
+from bifamily_datasets.counter_rng import uniforms
 from bifamily_datasets.crops import UNIFORMS_PER_CROP, distorted, random_resized
 from bifamily_datasets.shapes import SHAPES
 
@@ -187,6 +188,53 @@ def test_shape_distances_give_antialiased_coverage_close_to_supersampling(name: 
     supersampled = (sdf(x, y) < 0).float().reshape(side, factor, side, factor).mean((1, 3))
     assert (coverage - supersampled).abs().mean() < 0.01
     assert (coverage - supersampled).abs().max() < 0.4  # a 1-pixel ramp rounds corners and cusps
+
+
+def shape_centres(config: ProceduralConfig, count: int) -> torch.Tensor:
+    """(count, 2) centres of mass (x, y), in pixels, of disks and rings (two classes), without noise."""
+    dataset = config.build(ctx(32), "train")
+    index = torch.arange(count)
+    u = uniforms(dataset.key, index, 13)
+    coverage = dataset._coverage(torch.sort(index % 2).values, u)  # labels sorted, as render passes them
+    pixel = torch.arange(32, dtype=torch.float32) + 0.5
+    mass = coverage.sum((1, 2))
+    return torch.stack([(coverage.sum(1) * pixel).sum(1) / mass, (coverage.sum(2) * pixel).sum(1) / mass], 1)
+
+
+def test_procedural_placement_zero_centres_every_shape_and_one_keeps_the_default_images() -> None:
+    centred = shape_centres(ProceduralConfig(classes=2, placement=0.0), 50)  # symmetric: mass centre = centre
+    assert torch.allclose(centred, torch.full_like(centred, 16.0), atol=1e-3)
+    default, _ = items(ProceduralConfig().build(ctx(), "train"), range(20))
+    full_room, _ = items(ProceduralConfig(placement=1.0).build(ctx(), "train"), range(20))
+    assert torch.equal(default, full_room)
+
+
+def test_procedural_placement_narrows_where_centres_fall() -> None:
+    anywhere = shape_centres(ProceduralConfig(classes=2), 400)
+    narrow = shape_centres(ProceduralConfig(classes=2, placement=0.3), 400)
+    free_room = 32 - 2 * 32 * 0.24  # the smallest radius leaves the most room
+    assert (narrow - 16).abs().max() <= 0.3 * free_room / 2 + 1e-3
+    assert (anywhere - 16).abs().max() > 0.8 * free_room / 2
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_procedural_light_on_dark_draws_light_shapes_on_dark_backgrounds(channels: int) -> None:
+    config = ProceduralConfig(colours="light_on_dark", channels=channels)
+    dataset = config.build(ctx(32, channels), "train")
+    u = uniforms(dataset.key, torch.arange(200), 13)
+    foreground, background = dataset._colours(u)
+    assert foreground.shape == background.shape == (200, channels)
+    assert foreground.min() >= 0.5 and foreground.max() <= 1 and background.max() <= 0.25
+    images, _ = items(dataset, range(40))
+    corners = images[:, :, [0, 0, -1, -1], [0, -1, 0, -1]]
+    assert corners.max() < 2 * 0.25 - 1 + 0.2  # background plus noise, in [-1, 1] units
+
+
+def test_procedural_colour_scheme_and_placement_are_checked() -> None:
+    with pytest.raises(RecipeError, match=r"^\$\.data\.colours: must be one of"):
+        structure({"colours": "pastel"}, ProceduralConfig, "$.data")
+    with pytest.raises(RecipeError, match=r"^\$\.data\.placement: must be in \[0\.0, 1\.0\]"):
+        structure({"placement": 1.5}, ProceduralConfig, "$.data")
 
 
 def test_procedural_works_with_a_dataloader() -> None:
