@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import result_file  # bench/result_file.py: the script's own folder is on sys.path
+from run_reports import read_report
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "precision_outcome.json"
@@ -48,15 +49,6 @@ def run_command(args: argparse.Namespace, precision: str, seed: int | str) -> li
 
 def run_dir(args: argparse.Namespace, precision: str, seed: int | str) -> Path:
     return args.runs / f"{precision}-seed{seed}"
-
-
-def read_report(folder: Path) -> dict[str, Any] | None:
-    """The run's end-of-run report record, or None when the run has not finished."""
-    path = folder / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return next((r for r in reversed(records) if r.get("metric") == "report"), None)
 
 
 def train(args: argparse.Namespace, precision: str, seed: int) -> float | None:

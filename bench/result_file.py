@@ -12,9 +12,16 @@ from typing import Any
 
 def machine() -> dict[str, Any]:
     """The machine a figure was measured on, including how busy it was when the result was written."""
+    import torch
+
+    from bifamily.precision import native_bf16
+    from suite.machine import cpu_model
+
     return {
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": native_bf16(torch.device("cpu")),
         "libc": " ".join(platform.libc_ver()),
         "cpus": os.cpu_count(),
         "torch": version("torch"),

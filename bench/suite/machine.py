@@ -84,7 +84,7 @@ def practical_limits(device: torch.device, shapes: LimitShapes) -> dict[str, dic
     }
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (Linux), else what the platform module reports."""
     cpuinfo = Path("/proc/cpuinfo")
     lines = cpuinfo.read_text(encoding="utf-8").splitlines() if cpuinfo.is_file() else []
@@ -96,7 +96,7 @@ def describe(device: torch.device) -> dict[str, Any]:
     """What the figures were measured on. Call only in a child process: asking about CUDA initialises it."""
     info: dict[str, Any] = {
         "device": str(device),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
