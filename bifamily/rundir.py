@@ -27,9 +27,9 @@ from typing import Any, Protocol
 
 import tomli_w
 import torch
-from torchvision.utils import save_image
 
 from bifamily.errors import BifamilyError
+from bifamily.grids import write_grid
 
 _NUMBERED = re.compile(r"^(\d{5})-(.+)$")
 
@@ -107,7 +107,7 @@ class RunWriter:
     def save_grid(self, folder: str, step: int, images: torch.Tensor, nrow: int) -> Path:
         out = self.path / folder / f"step-{step:08d}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
-        save_image(images.float().cpu(), out, nrow=nrow, normalize=True, value_range=(-1, 1), padding=1)
+        write_grid(out, images, nrow)
         for listener in self.listeners:
             listener.saved_grid(folder, step, images, nrow)
         return out

@@ -25,6 +25,7 @@ from bifamily.allocator import keep_freed_memory
 from bifamily.batchnorm import batch_norm_for
 from bifamily.build import Model, build_model, make_context
 from bifamily.context import BuildContext
+from bifamily.display_subset import display_images
 from bifamily.distributed import World, config_problems, resolve_device
 from bifamily.errors import BifamilyError, CheckpointError, DataError, RecipeError
 from bifamily.evaluation.best import BestSnapshot
@@ -42,6 +43,7 @@ from bifamily.evaluation.metrics import (
 )
 from bifamily.plugins import PluginSet, default_plugins
 from bifamily.precision import spectral_norm_in_fp32
+from bifamily.randomness import derive_seed
 from bifamily.recipe import REPORT_METRICS, Recipe
 from bifamily.rundir import RunWriter, latest_run_dir, new_run_dir
 from bifamily.runlog import REPORT, ROOT, ProgressLines, file_log
@@ -170,7 +172,7 @@ def run_training(
         resumed_step = _resume(trainer, run_dir, world) if resume else None
         if world.is_main:
             _follow_run(trainer, outputs)
-        recon = torch.stack([prepared.test_data[i][0] for i in range(min(RECON_SIZE, len(prepared.test_data)))])
+        recon = display_images(prepared.test_data, RECON_SIZE, derive_seed(recipe.run.seed, "reconstruction grid"))
         schedule = ScheduledEvaluation(prepared, run_dir, resumed_step) if prepared.scheduled and world.is_main else None
         trainer.fit(recon, schedule)
         report: dict[str, Any] = {"run_dir": str(run_dir), "step": state.step}

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torchvision.utils import make_grid
+
+from bifamily.grids import grid_picture
 
 FOLDER = "tensorboard"
 _NOT_SCALARS = ("step", "metric", "settings")
@@ -53,8 +54,7 @@ class TensorBoardEvents:
                 writer.add_scalar(f"{group}/{key}", float(value), step)
 
     def saved_grid(self, folder: str, step: int, images: torch.Tensor, nrow: int) -> None:
-        grid = make_grid(images.detach().float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1), padding=1)
-        self._writer_at(step).add_image(folder, grid, step)
+        self._writer_at(step).add_image(folder, grid_picture(images, nrow), step)
 
     def _writer_at(self, step: int) -> Any:
         if self.writer is None or step < self.last_step:

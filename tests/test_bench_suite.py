@@ -18,7 +18,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `bench` is a folder of scripts at the repository root, not installed
 
-from bench.suite import report  # noqa: E402
+from bench.suite import machine, report  # noqa: E402
+from bench.suite.__main__ import Suite  # noqa: E402
 from bench.suite.configs import MODELS, MODES, QUICK, SCALING_MODES  # noqa: E402
 from bench.suite.isolation import MeasurementFailed, isolated  # noqa: E402
 from bench.suite.pipeline import pipeline_rate  # noqa: E402
@@ -41,11 +42,16 @@ def quick_run(tmp_path_factory):
     return json.loads(output.read_text()), plot, completed.stdout
 
 
+def _native_modes(result):
+    return {name for name, mode in MODES.items() if mode.precision not in result["skipped_precisions"]}
+
+
 def test_quick_run_measures_every_model_in_every_mode(quick_run):
     result, _, _ = quick_run
     assert result["quick"] is True
     limits = result["limits"]
-    assert all(limits[p][k] > 0 for p in ("fp32", "bf16") for k in ("conv_gflops", "matmul_gflops"))
+    assert set(limits) == {"fp32", "bf16"} - set(result["skipped_precisions"])
+    assert all(limits[p][k] > 0 for p in limits for k in ("conv_gflops", "matmul_gflops"))
     assert list(result["models"]) == QUICK_MODELS
     for name, entry in result["models"].items():
         assert set(entry["parameters"]) >= {"generator", "encoder", "discriminator"}
@@ -53,6 +59,9 @@ def test_quick_run_measures_every_model_in_every_mode(quick_run):
         assert flops > 0
         assert set(entry["modes"]) == set(MODES), name
         for mode, row in entry["modes"].items():
+            if mode not in _native_modes(result):
+                assert row == {"skipped": result["skipped_precisions"][MODES[mode].precision]}
+                continue
             assert "error" not in row, f"{name} {mode}: {row.get('error')}"
             step, batch, updates = row["step_seconds"], row["batch_size"], row["d_steps"] + 1
             assert step > 0 and row["step_cpu_seconds"] > 0 and row["steps_timed"] == QUICK.timed_steps
@@ -95,8 +104,10 @@ def test_quick_run_measures_evaluation_throughput(quick_run):
 def test_quick_run_draws_the_scaling_plot(quick_run):
     result, plot, _ = quick_run
     points = result["scaling"]["points"]
-    expected = {("batch_size", mode, batch) for mode in SCALING_MODES for batch in QUICK.scaling_batches}
-    expected |= {("resolution", mode, side) for mode in SCALING_MODES for side in QUICK.scaling_resolutions}
+    modes = [mode for mode in SCALING_MODES if mode in _native_modes(result)]
+    assert set(result["scaling"]["skipped_modes"]) == set(SCALING_MODES) - set(modes)
+    expected = {("batch_size", mode, batch) for mode in modes for batch in QUICK.scaling_batches}
+    expected |= {("resolution", mode, side) for mode in modes for side in QUICK.scaling_resolutions}
     assert {(p["axis"], p["mode"], p[p["axis"]]) for p in points} == expected
     assert all(p["step_seconds"] > 0 for p in points)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -163,6 +174,39 @@ def test_a_failed_mode_is_left_out_of_the_fastest():
     modes = {"fp32": _row(2.0), "compile": {"error": "Traceback ..."}}
     assert report.fastest(modes) == "fp32"
     assert report.fastest({"compile": {"error": "x"}}) is None
+
+
+# -- precisions the hardware only emulates ---------------------------------------------------------
+
+
+def test_without_native_bf16_the_machine_limits_measure_fp32_only(monkeypatch):
+    monkeypatch.setattr(machine, "native_bf16", lambda device: False)
+    measured = machine.measure_machine(machine.QUICK_SHAPES)
+    assert list(measured["limits"]) == ["fp32"]
+    assert measured["skipped_precisions"]["bf16"].startswith("skipped: no bf16 arithmetic in hardware")
+    monkeypatch.setattr(machine, "native_bf16", lambda device: True)
+    assert machine.skipped_precisions(machine.resolve_device("auto")) == {}
+
+
+def test_modes_of_a_skipped_precision_are_recorded_as_skipped_and_never_timed(monkeypatch):
+    timed = []
+    monkeypatch.setattr(Suite, "attempt", lambda self, what, *args: timed.append(what) or {"error": "not run here"})
+    reason = "skipped: no bf16 arithmetic in hardware on cpu"
+    suite = Suite(QUICK, 1, {"bf16": reason})
+    spec = next(spec for spec in MODELS if spec.name == "bigbigan_small")
+    entry = suite.model(spec, list(MODES), {"fp32": {"conv_gflops": 1.0, "matmul_gflops": 1.0}})
+    bf16_modes = {name for name, mode in MODES.items() if mode.precision == "bf16"}
+    assert bf16_modes and all(entry["modes"][name] == {"skipped": reason} for name in bf16_modes)
+    assert not any(name in what for what in timed for name in bf16_modes)
+    assert sum(what.startswith("bigbigan_small ") for what in timed) >= len(MODES) - len(bf16_modes)
+    result = {
+        "limits": {"fp32": {"conv_gflops": 1.0, "matmul_gflops": 1.0}},
+        "skipped_precisions": {"bf16": reason},
+        "models": {"bigbigan_small": entry},
+        "targets": [],
+        "load_average": {"start": None, "end": None},
+    }
+    assert f"bf16: {reason}" in report.table(result)
 
 
 # -- isolation -------------------------------------------------------------------------------------

@@ -113,7 +113,7 @@ def test_sample_writes_a_square_grid_from_a_snapshot_file(tiny_run, tmp_path):
     snapshot = tiny_run / "checkpoints" / "step-00000003" / "snapshot.safetensors"
     result = invoke("sample", str(snapshot), "-n", "6", "-o", str(tmp_path / "grid.png"))
     assert result.exit_code == 0, result.output
-    assert Image.open(tmp_path / "grid.png").size == (3 * 33 + 1, 2 * 33 + 1)  # 32 px images, 1 px padding
+    assert Image.open(tmp_path / "grid.png").size == (3 * 98 + 2, 2 * 98 + 2)  # 32 px images shown at 96, 2 px border
 
 
 def test_reconstruct_images_from_a_folder_with_the_iterated_strip(tiny_run, tmp_path):
@@ -126,8 +126,8 @@ def test_reconstruct_images_from_a_folder_with_the_iterated_strip(tiny_run, tmp_
     result = invoke("reconstruct", str(tiny_run), "--images", str(folder), "-o", str(out), "--iterations", "2")
     assert result.exit_code == 0, result.output
     assert "to a random other input" in result.output
-    assert Image.open(out).size == (6 * 33 + 1, 34)  # three (input, reconstruction) pairs in a row
-    assert Image.open(tmp_path / "recon-iterated.png").size == (3 * 33 + 1, 3 * 33 + 1)  # R_0..R_2, one row each
+    assert Image.open(out).size == (6 * 98 + 2, 98 + 2)  # three (input, reconstruction) pairs in a row
+    assert Image.open(tmp_path / "recon-iterated.png").size == (3 * 98 + 2, 3 * 98 + 2)  # R_0..R_2, one row each
 
 
 def test_plot_writes_curves_and_first_layer_filters(tiny_run, tmp_path):

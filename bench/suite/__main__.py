@@ -56,6 +56,7 @@ class Suite:
 
     effort: Effort
     threads: int  # torch threads in every measurement process; 0: torch's default
+    skipped_precisions: dict[str, str] = attrs.field(factory=dict)  # precision -> why it is not measured
 
     def attempt(self, what: str, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
         """``fn(*args)`` in its own process: its dict plus peak memory, or ``{"error": traceback}``."""
@@ -78,6 +79,9 @@ class Suite:
         entry: dict[str, Any] = {"recipe": spec.recipe, "overrides": list(overrides), "modes": {}}
         for name in modes:
             mode = MODES[name]
+            if mode.precision in self.skipped_precisions:
+                entry["modes"][name] = {"skipped": self.skipped_precisions[mode.precision]}
+                continue
             recipe = load_recipe(spec.recipe, (*overrides, *mode.overrides()))
             count = not mode.compile and "flops_per_step" not in entry  # counted once, on an eager step
             row = self.steps(f"{spec.name} {name}", recipe, effort.warmup_steps, effort.steps(spec), count)
@@ -108,14 +112,16 @@ class Suite:
         spec = next(s for s in MODELS if s.name == SCALING_MODEL)
         base = (*_step_overrides(spec, self.effort), *SCALING_OVERRIDES)
         rows = []
-        for point in sweep(self.effort, SCALING_MODES):
+        reasons = {mode: self.skipped_precisions.get(MODES[mode].precision) for mode in SCALING_MODES}
+        skipped = {mode: reason for mode, reason in reasons.items() if reason is not None}
+        for point in sweep(self.effort, tuple(mode for mode in SCALING_MODES if mode not in skipped)):
             recipe = load_recipe(spec.recipe, (*base, *point.overrides(), *MODES[point.mode].overrides()))
             what = f"scaling {point.mode} batch {point.batch_size} at {point.resolution}px"
             row = self.steps(what, recipe, SCALING_WARMUP, self.effort.scaling_timed_steps, False)
             row.pop("parameters", None)
             rows.append({**row, "axis": point.axis, "mode": point.mode, "batch_size": point.batch_size, "resolution": point.resolution})
         plot(rows, f"{SCALING_MODEL} ({', '.join(SCALING_OVERRIDES)}): training step time", plot_path)
-        return {"model": SCALING_MODEL, "overrides": list(base), "points": rows, "plot": str(plot_path)}
+        return {"model": SCALING_MODEL, "overrides": list(base), "points": rows, "skipped_modes": skipped, "plot": str(plot_path)}
 
     def anchor(self, models: dict[str, Any], checkout: Path | None) -> dict[str, Any]:
         if checkout is None:
@@ -171,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     machine = suite.attempt("machine limits", measure_machine, QUICK_SHAPES if args.quick else FULL_SHAPES)
     if "error" in machine:
         return 1
+    suite.skipped_precisions = machine["skipped_precisions"]
+    for precision, reason in suite.skipped_precisions.items():
+        _log(f"{precision}: {reason}")
     models = {spec.name: suite.model(spec, modes, machine["limits"]) for spec in specs}
     anchor = suite.anchor(models, args.reference_checkout)
     scaling = None if args.no_scaling else suite.scaling(plot_path)
@@ -180,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python -m bench.suite", *(argv if argv is not None else sys.argv[1:])]),
         "quick": args.quick,
         "machine": machine["machine"],
+        "skipped_precisions": machine["skipped_precisions"],
         "limits": machine["limits"],
         "models": models,
         "anchor": anchor,

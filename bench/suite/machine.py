@@ -4,6 +4,10 @@ The practical limit of a precision is the best throughput torch reaches on a lar
 and on a large square matmul in that dtype (NCHW and channels-last convolutions both tried, the best
 kept). Model FLOP/s are reported as a fraction of both: on CPUs with AMX, bf16 matmuls run far ahead
 of bf16 convolutions, and in fp32 the two are close, so neither alone is "the" peak.
+
+A precision the device cannot run in hardware is not measured at all: emulated bf16 kernels at these
+sizes take many minutes on a CPU without AMX or AVX512-BF16 and describe nothing a run would use
+(``train.precision = "auto"`` picks fp32 there).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import attrs
 import torch
 
 from bifamily.distributed import resolve_device
+from bifamily.precision import native_bf16
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -76,11 +81,18 @@ def matmul_gflops(dtype: torch.dtype, device: torch.device, shapes: LimitShapes)
     return 2 * size**3 / _best_seconds(lambda: a @ b, device, shapes.repeats) / 1e9
 
 
-def practical_limits(device: torch.device, shapes: LimitShapes) -> dict[str, dict[str, float]]:
-    """``{"fp32": {"conv_gflops", "matmul_gflops"}, "bf16": {...}}`` on ``device``."""
+def skipped_precisions(device: torch.device) -> dict[str, str]:
+    """The precisions ``device`` would only emulate, each with the reason it is skipped."""
+    if native_bf16(device):
+        return {}
+    return {"bf16": f"skipped: no bf16 arithmetic in hardware on {device} (emulated kernels are slow and measure nothing a run uses)"}
+
+
+def practical_limits(device: torch.device, shapes: LimitShapes, precisions: list[str]) -> dict[str, dict[str, float]]:
+    """``{"fp32": {"conv_gflops", "matmul_gflops"}, "bf16": {...}}`` on ``device``, for ``precisions``."""
     return {
-        name: {"conv_gflops": conv_gflops(dtype, device, shapes), "matmul_gflops": matmul_gflops(dtype, device, shapes)}
-        for name, dtype in DTYPES.items()
+        name: {"conv_gflops": conv_gflops(DTYPES[name], device, shapes), "matmul_gflops": matmul_gflops(DTYPES[name], device, shapes)}
+        for name in precisions
     }
 
 
@@ -108,10 +120,12 @@ def describe(device: torch.device) -> dict[str, Any]:
 
 
 def measure_machine(shapes: LimitShapes) -> dict[str, Any]:
-    """The machine's description and practical limits on the device a recipe's ``run.device = "auto"``
-    picks (call in a child process)."""
+    """The machine's description, the precisions skipped on it and the practical limits of the others,
+    on the device a recipe's ``run.device = "auto"`` picks (call in a child process)."""
     device = resolve_device("auto")
-    return {"machine": describe(device), "limits": practical_limits(device, shapes)}
+    skipped = skipped_precisions(device)
+    native = [name for name in DTYPES if name not in skipped]
+    return {"machine": describe(device), "skipped_precisions": skipped, "limits": practical_limits(device, shapes, native)}
 
 
 def load_average() -> list[float] | None:

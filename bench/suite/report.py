@@ -92,10 +92,14 @@ def table(result: dict[str, Any]) -> str:
         "practical limits (GFLOP/s): "
         + ", ".join(f"{p} conv {v['conv_gflops']:.0f} / matmul {v['matmul_gflops']:.0f}" for p, v in limits.items())
     )
+    lines += [f"{precision}: {reason}" for precision, reason in result.get("skipped_precisions", {}).items()]
     header = f"{'model':18}{'mode':20}{'step s':>9}{'CPU s':>8}{'img/s':>9}{'GFLOP/s':>9}{'%conv':>7}{'%mm':>6}{'x fp32':>8}{'peak MiB':>10}"
     lines += ["", header]
     for model, entry in result["models"].items():
         for mode, row in entry.get("modes", {}).items():
+            if "skipped" in row:
+                lines.append(f"{model:18}{mode:20}  {row['skipped']}")
+                continue
             if "error" in row:
                 lines.append(f"{model:18}{mode:20}  failed: {row['error'].strip().splitlines()[-1][:60]}")
                 continue

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torchvision.utils import save_image
 
 from bifamily.errors import BifamilyError, DataError
+from bifamily.grids import write_grid
 from bifamily.image_decoding import IMAGE_EXTENSIONS, load_crop
 from bifamily.interfaces import LatentPrior
 from bifamily.randomness import derive_seed
@@ -59,11 +59,11 @@ def load_images(folder: Path, channels: int, size: int, n: int) -> Tensor:
 
 
 def save_grid(path: Path, images: Tensor, nrow: int) -> Path:
-    """Images in [-1, 1] as one PNG grid (parent folders created)."""
+    """Images in [-1, 1] as one PNG grid (parent folders created; see :mod:`bifamily.grids`)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(images.float().cpu(), path, nrow=nrow, normalize=True, value_range=(-1, 1), padding=1)
+        write_grid(path, images, nrow)
     except OSError as exc:
         raise BifamilyError(f"{path}: cannot write image: {exc.strerror or exc}") from None
     return path
