@@ -8,9 +8,10 @@ Each seed is one `bifamily run RECIPE --set run.seed=S --set train.precision="fp
 `--threads` torch threads, exactly as a user runs it; fp32 is forced because the time budget must hold
 on a CPU without bf16 in hardware). Its wall time is measured end to end, start-up and end-of-run
 report included. From the report the table reads the EMA encoder's linear probe and k-NN next to the
-same encoder at initialisation, and the sample judge's recognisability, coverage and Fréchet distance
-of the EMA generator's samples; the last row gives the judge's figures for held-out real images. Runs
-go one at a time by default, so each wall time is that of a machine running nothing else.
+same encoder at initialisation, and the sample judge's recognisability (also as a share of the real
+images'), coverage, Fréchet distance and KID of the EMA generator's samples; the last row gives the
+judge's figures for held-out real images. Runs go one at a time by default, so each wall time is that
+of a machine running nothing else.
 
 When the MNIST test split is present (`--mnist`, default ../shared/data/mnist), every seed also trains
 the same recipe on MNIST through `bench/mnist_probe.py` and reports its encoder against its
@@ -46,8 +47,10 @@ COLUMNS = (  # (key in a row, heading, format)
     ("knn_init", "k-NN init", "{:.1f}"),
     ("knn", "k-NN", "{:.1f}"),
     ("recognisable", "recognisable %", "{:.1f}"),
+    ("recognisable_ratio", "of real's", "{:.2f}"),
     ("coverage", "coverage", "{:.3f}"),
-    ("frechet", "Fréchet", "{:.2f}"),
+    ("fd", "judge FD", "{:.2f}"),
+    ("kid", "judge KID", "{:.4f}"),
 )
 
 
@@ -86,8 +89,10 @@ def row_of(report: dict[str, Any], seconds: float | None) -> dict[str, Any]:
     row["probe_gain"] = row["probe"] - row["probe_init"]
     if "judge_recognisable" in report:
         row["recognisable"] = 100 * report["judge_recognisable"]
+        row["recognisable_ratio"] = report["judge_recognisable_ratio"]
         row["coverage"] = report["judge_coverage"]
-        row["frechet"] = report["judge_frechet"]
+        row["fd"] = report["judge_fd"]
+        row["kid"] = report["judge_kid"]
     return row
 
 
@@ -95,11 +100,7 @@ def real_row(report: dict[str, Any]) -> dict[str, Any]:
     """The judge's figures for held-out real images (the ceiling the samples are compared with)."""
     if "judge_recognisable_real" not in report:
         return {}
-    return {
-        "recognisable": 100 * report["judge_recognisable_real"],
-        "coverage": report["judge_coverage_real"],
-        "frechet": report.get("judge_frechet_real"),
-    }
+    return {"recognisable": 100 * report["judge_recognisable_real"], "coverage": report["judge_coverage_real"]}
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -38,6 +38,20 @@ def test_rows_are_percent_with_the_gain_and_the_summary_is_mean_and_sd(monkeypat
     assert "| mean ± sd | 245 ± 7.1 |" in table
 
 
+def test_the_judge_figures_and_the_real_images_row(monkeypatch):
+    bench = load_bench_script(monkeypatch, "quickstart_seeds")
+    judged = {
+        **report(0.5, 0.3), "judge_recognisable": 0.45, "judge_recognisable_real": 0.9, "judge_recognisable_ratio": 0.5,
+        "judge_coverage": 0.8, "judge_coverage_real": 0.99, "judge_fd": 12.5, "judge_kid": 0.02,
+    }
+    row = bench.row_of(judged, 200.0)
+    assert (row["recognisable"], row["recognisable_ratio"], row["coverage"], row["fd"], row["kid"]) == (45.0, 0.5, 0.8, 12.5, 0.02)
+    assert bench.real_row(judged) == {"recognisable": 90.0, "coverage": 0.99}
+    assert bench.real_row(report(0.5, 0.3)) == {}
+    table = bench.format_table([{"seed": 0, **row}], bench.summary([{"seed": 0, **row}]), bench.real_row(judged))
+    assert table.splitlines()[-1] == "| real held-out images |  |  |  |  |  |  | 90.0 |  | 0.990 |  |  |"
+
+
 def bench(tmp_path: Path) -> subprocess.CompletedProcess:
     command = [
         sys.executable, "bench/quickstart_seeds.py", "--seeds", "0,1", "--threads", "1", "--skip-mnist",
