@@ -50,6 +50,8 @@ _STEP_FOLDER = re.compile(r"step-(\d{8,})")
 # `latest` names a step folder, or, for the moment a step is saved a second time, a hidden copy of it.
 _POINTABLE = re.compile(r"step-\d{8,}|\.step-\d{8,}\.previous")
 _MAX_LISTED = 10
+_REQUIRED = object()
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}
 
 
 # -- the manager ------------------------------------------------------------------------------------
@@ -128,22 +130,46 @@ class CheckpointManager:
     def latest(self) -> Path | None:
         """The checkpoint to resume from, or None when there is none.
 
-        The folder the pointer names, when it exists, even if damaged: loading it then reports the
-        damage instead of silently going further back (checkpoints are written atomically, so a
+        The folder the pointer names, when it holds anything, even if damaged: loading it then reports
+        the damage instead of silently going further back (checkpoints are written atomically, so a
         damaged one is not a crash's doing). Without a usable pointer (a crash between placing a
-        folder and moving the pointer, or a stale or missing pointer), the newest step folder whose
-        files pass the full checksum verification; damaged folders passed over are warned about.
+        folder and moving the pointer; a pointer that is missing, names no folder, a folder outside
+        this one or an empty one), the newest step folder whose files pass the full checksum
+        verification; a wrong pointer and damaged folders passed over are warned about.
         """
         target = self._pointer_target()
-        if target is not None and _POINTABLE.fullmatch(target) and (self.directory / target).is_dir():
+        if target is not None and self._pointer_problem(target) is None:
             return self.directory / target
         for _, folder in sorted(self._step_folders(), reverse=True):
             try:
                 _read_pair(folder)
             except CheckpointError as error:
-                warnings.warn(f"passing over a damaged checkpoint: {error}", stacklevel=2)
+                if any(folder.iterdir()):  # an empty folder is no checkpoint, not a damaged one
+                    warnings.warn(f"passing over a damaged checkpoint: {error}", stacklevel=2)
                 continue
+            if target is not None:
+                warnings.warn(
+                    f"{self.directory / POINTER_FILE} names {target[:100]!r}, {self._pointer_problem(target)}; "
+                    f"using the newest whole checkpoint, {folder.name} (resuming repairs the pointer)",
+                    stacklevel=2,
+                )
             return folder
+        return None
+
+    def repair_pointer(self, folder: Path) -> None:
+        """Point ``latest`` at ``folder`` (the checkpoint :meth:`latest` chose) if it names another (atomically)."""
+        if self._pointer_target() != folder.name:
+            self._point_to(folder.name)
+
+    def _pointer_problem(self, target: str) -> str | None:
+        """Why ``latest`` naming ``target`` cannot be used, or None when it can."""
+        if not _POINTABLE.fullmatch(target):
+            return "which is not a checkpoint folder of this run"
+        folder = self.directory / target
+        if not folder.is_dir():
+            return "which is missing"
+        if not any(folder.iterdir()):
+            return "which is empty"
         return None
 
     def latest_step(self) -> int | None:
@@ -255,15 +281,40 @@ def read_snapshot(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, {key: value for key, value in metadata.items() if key not in _RESERVED_KEYS}
 
 
-def load_modules(tensors: Mapping[str, torch.Tensor], modules: Mapping[str, nn.Module]) -> None:
-    """Load ``<module>.<key>`` tensors into the modules, strictly.
+def metadata_json(path: Path, metadata: Mapping[str, str], key: str, expected: type, default: Any = _REQUIRED) -> Any:
+    """``metadata[key]`` decoded from JSON and checked to be an ``expected`` (dict, list, int, str).
+
+    Every field of a file is untrusted: valid JSON of the wrong type is refused like broken JSON,
+    naming the file and the key, so no caller meets a list where it reads a table.
+    """
+    if key not in metadata:
+        if default is _REQUIRED:
+            raise CheckpointError(f"{path}: its metadata has no {key!r}")
+        return default
+    try:
+        value = json.loads(metadata[key])
+    except (ValueError, RecursionError) as error:
+        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        raise CheckpointError(f"{path}: metadata {key!r} is not valid JSON ({reason})") from None
+    if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+        raise CheckpointError(
+            f"{path}: metadata {key!r} must hold a JSON {_JSON_TYPES[expected]}, got {_JSON_TYPES.get(type(value), type(value).__name__)}"
+        )
+    return value
+
+
+def load_modules(tensors: Mapping[str, torch.Tensor], modules: Mapping[str, nn.Module], path: Path | None = None) -> None:
+    """Load ``<module>.<key>`` tensors (read from ``path``) into the modules, strictly.
 
     Tensors of modules not named in ``modules`` are ignored (evaluation may load just the EMA
-    encoder); for the named ones every name, shape and dtype must match, else nothing is loaded.
+    encoder); for the named ones every name, shape and dtype must match and every value be finite,
+    else nothing is loaded.
     """
     differences = _module_differences(tensors, modules)
     if differences:
-        raise CheckpointError(_listing("the checkpoint does not match the model", differences))
+        where = f"{path}: " if path is not None else ""
+        raise CheckpointError(_listing(f"{where}the checkpoint does not match the model", differences))
+    _refuse_nonfinite(tensors, modules, path)
     _apply_modules(tensors, modules)
 
 
@@ -311,6 +362,22 @@ def _apply_modules(tensors: Mapping[str, torch.Tensor], modules: Mapping[str, nn
         module.load_state_dict(own, strict=True)
 
 
+def _refuse_nonfinite(tensors: Mapping[str, torch.Tensor], modules: Mapping[str, nn.Module], path: Path | None) -> None:
+    """Refuse weights holding NaN or inf: a model built from them computes nothing but NaN."""
+    prefixes = tuple(f"{module_name}." for module_name in modules)
+    bad = [
+        name
+        for name in sorted(tensors)
+        if name.startswith(prefixes) and tensors[name].is_floating_point() and not torch.isfinite(tensors[name]).all()
+    ]
+    if bad:
+        where = f"{path}: " if path is not None else ""
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise CheckpointError(
+            f"{where}tensor {bad[0]}{more} holds NaN or infinite values: the run that wrote it had diverged"
+        )
+
+
 def _describe(tensor: torch.Tensor) -> str:
     return f"({_dtype(tensor)} {list(tensor.shape)})"
 
@@ -346,13 +413,16 @@ def restore(
     if differences:
         headline = f"{checkpoint_dir / SNAPSHOT_FILE}: the weights do not match the model"
         raise CheckpointError(_listing(headline, differences))
+    _refuse_nonfinite(snapshot, modules, checkpoint_dir / SNAPSHOT_FILE)
     resume_path = checkpoint_dir / RESUME_FILE
-    try:
-        step = int(resume_metadata["step"])
-        extra = json.loads(resume_metadata["extra"])
-        optimizer_states = _optimizer_states(resume_path, resume, json.loads(resume_metadata["optimizers"]), optimizers)
-        rng_states = _rng_states(resume_path, resume, json.loads(resume_metadata["rng"]), generators)
-    except (KeyError, TypeError, ValueError) as error:
+    step = metadata_json(resume_path, resume_metadata, "step", int)
+    extra = metadata_json(resume_path, resume_metadata, "extra", dict)
+    layouts = metadata_json(resume_path, resume_metadata, "optimizers", dict)
+    rng = metadata_json(resume_path, resume_metadata, "rng", dict)
+    try:  # the layouts' inner shape is checked as it is decoded
+        optimizer_states = _optimizer_states(resume_path, resume, layouts, optimizers)
+        rng_states = _rng_states(resume_path, resume, rng, generators)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
         raise CheckpointError(f"{resume_path}: malformed resume metadata ({type(error).__name__}: {error})") from None
 
     _apply_modules(snapshot, modules)
@@ -607,7 +677,7 @@ def _parse_header(path: Path, head: bytes, size: int) -> dict:
     try:
         header = json.loads(head[8 : 8 + length])
         end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError):
         raise CheckpointError(f"{path}: not a safetensors file or its header is corrupted") from None
     expected = 8 + length + end
     if size < expected:
@@ -624,6 +694,8 @@ def _read_file(path: Path, expected_format: str) -> tuple[dict[str, torch.Tensor
     except OSError as error:
         raise _unreadable(path, error) from None
     metadata = _parse_header(path, data, len(data)).get("__metadata__") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(value, str) for value in metadata.values()):
+        raise CheckpointError(f"{path}: its metadata is not a table of strings, so it is not a bifamily file")
     if metadata.get("format") != expected_format:
         raise CheckpointError(
             f"{path}: not a {expected_format} file (format {metadata.get('format', 'missing')!r})"

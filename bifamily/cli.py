@@ -257,7 +257,7 @@ def _snapshot(snapshot: str, overrides: tuple[str, ...], device: str) -> Any:
     from bifamily.distributed import resolve_device
     from bifamily.evaluation.snapshots import load_snapshot
 
-    return load_snapshot(snapshot, _plugins(), list(overrides), resolve_device(device))
+    return load_snapshot(snapshot, _plugins(), list(overrides), resolve_device(device, key="--device"))
 
 
 @main.command("eval")

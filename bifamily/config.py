@@ -7,6 +7,7 @@ keys are rejected, ``1.7`` never becomes an int and ``"no"`` never becomes a boo
 
 from __future__ import annotations
 
+import re
 import typing
 from typing import Any, Callable
 
@@ -56,6 +57,31 @@ non_negative = check(lambda v: v >= 0, "must be >= 0, got {value}")
 
 def one_of(*choices: Any) -> Callable[[Any, attrs.Attribute, Any], None]:
     return check(lambda v: v in choices, f"must be one of {', '.join(map(repr, choices))}, got {{value}}")
+
+
+SAFE_NAME_RULE = "letters, digits, '.', '_' and '-', not starting with '.', at most 100 characters"
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+
+
+def is_safe_name(name: Any) -> bool:
+    """Whether ``name`` can be one path component as it is: no separators, no '..', no hidden file."""
+    return isinstance(name, str) and _SAFE_NAME.fullmatch(name) is not None
+
+
+def safe_name(text: str) -> str:
+    """``text`` made a safe name: runs of other characters become '-', leading dots go."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).lstrip(".")[:100] or "run"
+
+
+DEVICE_NAMES = "'auto', 'cpu', 'cuda' or 'cuda:N'"
+
+
+def is_device_name(name: Any) -> bool:
+    """Whether ``name`` is one of :data:`DEVICE_NAMES` (N a GPU index)."""
+    return isinstance(name, str) and re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,6})?", name) is not None
+
+
+device_name = check(is_device_name, f"must be {DEVICE_NAMES}, got {{value}}")
 
 
 def in_range(low: float, high: float) -> Callable[[Any, attrs.Attribute, Any], None]:

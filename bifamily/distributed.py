@@ -26,13 +26,18 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from bifamily.config import DEVICE_NAMES, is_device_name
 from bifamily.errors import BifamilyError
 
 T = TypeVar("T")
 
 
-def resolve_device(name: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
-    """``run.device`` for the process with ``local_rank``: each rank of a CUDA run takes GPU ``local_rank``."""
+def resolve_device(name: str, local_rank: int = 0, world_size: int = 1, key: str = "$.run.device") -> torch.device:
+    """``run.device`` for the process with ``local_rank``: each rank of a CUDA run takes GPU ``local_rank``.
+
+    ``key`` names where ``name`` came from (a recipe key or a command-line option) in the errors."""
+    if not is_device_name(name):
+        raise BifamilyError(f"{key}: must be {DEVICE_NAMES}, got {name!r}")
     cuda = torch.cuda.is_available()
     if name == "auto":
         name = "cuda" if cuda else "cpu"
@@ -40,13 +45,15 @@ def resolve_device(name: str, local_rank: int = 0, world_size: int = 1) -> torch
     if device.type != "cuda":
         return device
     if not cuda:
-        raise BifamilyError(f"$.run.device is {name!r} but CUDA is not available on this machine")
+        raise BifamilyError(f"{key} is {name!r} but CUDA is not available on this machine")
     if device.index is not None:
         if world_size > 1:
             raise BifamilyError(
-                f"$.run.device is {name!r}, which would put every rank on one GPU; "
+                f"{key} is {name!r}, which would put every rank on one GPU; "
                 "use 'cuda' or 'auto' (each rank takes GPU LOCAL_RANK)"
             )
+        if device.index >= torch.cuda.device_count():
+            raise BifamilyError(f"{key} is {name!r} but this machine has {torch.cuda.device_count()} GPU(s)")
         return device
     if local_rank >= torch.cuda.device_count():
         raise BifamilyError(

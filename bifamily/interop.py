@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from bifamily import __version__
-from bifamily.checkpoint import load_modules, read_snapshot, save_snapshot
+from bifamily.checkpoint import load_modules, save_snapshot
 from bifamily.build import build_model, make_context
-from bifamily.errors import BifamilyError, CheckpointError
-from bifamily.evaluation.snapshots import find_snapshot
+from bifamily.errors import BifamilyError
+from bifamily.evaluation.snapshots import find_snapshot, read_model_snapshot
 from bifamily.interfaces import Encoder
 from bifamily.plugins import PluginSet, default_plugins
 from bifamily.recipe import Recipe, apply_overrides, from_dict
@@ -69,20 +69,14 @@ def _load(
     if module not in MODULES:
         raise BifamilyError(f"module {module!r}: choose one of {', '.join(MODULES)}")
     path, _ = find_snapshot(Path(target))
-    tensors, metadata = read_snapshot(path)
-    if "recipe" not in metadata:
-        raise CheckpointError(f"{path}: its metadata holds no recipe, so the {module} cannot be rebuilt from it")
-    try:
-        raw = json.loads(metadata["recipe"])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: the recipe in its metadata is not valid JSON ({exc})") from None
+    tensors, raw, step = read_model_snapshot(path, module)
     recipe = from_dict(apply_overrides(raw, overrides), plugins, source=str(path))
     model = build_model(recipe, make_context(recipe, device))
     network = model.encoder if module == "encoder" else model.generator
-    load_modules(tensors, {f"{module}_ema": network})
+    load_modules(tensors, {f"{module}_ema": network}, path)
     built = EncoderFeatures(network, latent=latent) if module == "encoder" else network
     built.to(device).eval().requires_grad_(False)
-    return built, recipe, int(metadata.get("step", 0))
+    return built, recipe, step
 
 
 def export_paths(out: str | Path) -> tuple[Path, Path]:

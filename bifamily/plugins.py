@@ -17,6 +17,7 @@ import attrs
 import pluggy
 
 from bifamily import hookspecs
+from bifamily.config import SAFE_NAME_RULE, is_safe_name
 from bifamily.errors import PluginError
 
 AUTOLOAD_ENV = "BIFAMILY_DISABLE_PLUGIN_AUTOLOAD"
@@ -64,8 +65,10 @@ class Registry:
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in REGISTERED_KINDS}
 
     def add(self, kind: str, name: str, config_cls: type, plugin: str) -> None:
-        if not isinstance(name, str) or not name:
-            raise PluginError(f"plugin {plugin!r} registered a {kind} with an invalid name {name!r}")
+        if not is_safe_name(name):  # names become parts of file names (eval/METRIC-IMAGE/)
+            raise PluginError(
+                f"plugin {plugin!r} registered a {kind} with an invalid name {name!r} (use {SAFE_NAME_RULE})"
+            )
         if not attrs.has(config_cls) or not hasattr(config_cls, "build"):
             raise PluginError(
                 f"plugin {plugin!r}: {kind} {name!r} must be an attrs class with a build(ctx) method"

@@ -17,7 +17,20 @@ from typing import Any
 
 import attrs
 
-from bifamily.config import in_range, non_negative, one_of, option, positive, structure, unstructure
+from bifamily.config import (
+    SAFE_NAME_RULE,
+    check,
+    device_name,
+    in_range,
+    is_safe_name,
+    non_negative,
+    one_of,
+    option,
+    positive,
+    safe_name,
+    structure,
+    unstructure,
+)
 from bifamily.errors import RecipeError
 from bifamily.plugins import KINDS, PluginSet
 
@@ -26,12 +39,18 @@ from bifamily.plugins import KINDS, PluginSet
 class RunConfig:
     """[run]: what this run is and how often it reports."""
 
-    name: str = option("", help="Run name; defaults to the recipe file's stem.")
+    name: str = option(
+        "",
+        help=f"Run name, part of the run directory's name; defaults to the recipe file's stem. {SAFE_NAME_RULE}.",
+        validator=check(lambda v: v == "" or is_safe_name(v), f"must be one folder name of {SAFE_NAME_RULE}, got {{value}}"),
+    )
     seed: int = option(
         0, help="Seed for weights, data order, latents and noise (0 to 2**32 - 1).", validator=in_range(0, 2**32 - 1)
     )
     steps: int = option(1000, help="Training iterations; one = `train.d_steps` D updates + 1 G/E update.", validator=positive)
-    device: str = option("auto", help="'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
+    device: str = option(
+        "auto", help="'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'.", validator=device_name
+    )
     out_root: str = option("runs", help="Folder that holds run directories when --out is not given.")
     log_every: int = option(50, help="Write a stats.jsonl line every this many steps.", validator=positive)
     sample_every: int = option(500, help="Write sample and reconstruction grids every this many steps (and at the end).", validator=positive)
@@ -223,10 +242,31 @@ def _drop_none(value: Any) -> Any:
     return value
 
 
+# Tables and arrays inside each other, at most: no setting needs more than a few levels, and a limit
+# keeps every later step (merging, copying, checking, printing) far from Python's recursion limit.
+MAX_NESTING = 32
+TOO_DEEP = f"tables or arrays nested deeper than {MAX_NESTING} levels"
+
+
+def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
+    """Whether more than ``limit`` tables and arrays in ``value`` (itself included) nest inside each
+    other (checked without recursing)."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, (dict, list)):
+            if depth >= limit:
+                return True
+            pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
 def _read_toml(path: Path, stack: tuple[Path, ...]) -> dict[str, Any]:
     if path in stack:
         chain = " -> ".join(str(p) for p in (*stack, path))
         raise RecipeError([f"$.extends: circular include: {chain}"], source=str(stack[0]))
+    if len(stack) >= MAX_NESTING:
+        raise RecipeError([f"$.extends: a chain of more than {MAX_NESTING} recipes extending each other"], source=str(stack[0]))
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -238,6 +278,10 @@ def _read_toml(path: Path, stack: tuple[Path, ...]) -> dict[str, Any]:
         data = tomllib.loads(text)
     except ValueError as exc:  # TOMLDecodeError, or an integer too long for Python to convert
         raise RecipeError([f"invalid TOML: {exc}"], source=str(path)) from None
+    except RecursionError:
+        raise RecipeError([f"$: {TOO_DEEP}"], source=str(path)) from None
+    if too_deep(data):
+        raise RecipeError([f"$: {TOO_DEEP}"], source=str(path))
     base = data.pop("extends", None)
     if base is None:
         return data
@@ -274,7 +318,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except ValueError:  # not TOML (or an integer too long to convert): a plain string
         value = raw.strip()
+    except RecursionError:
+        raise RecipeError([f"--set {_abbreviated(key)}: {TOO_DEEP}"]) from None
+    if len(parts) > MAX_NESTING or too_deep(value, MAX_NESTING - len(parts)):
+        raise RecipeError([f"--set {_abbreviated(key)}: {TOO_DEEP}"])
     return [part.strip() for part in parts], value
+
+
+def _abbreviated(key: str, limit: int = 60) -> str:
+    return key if len(key) <= limit else f"{key[:limit]}... ({len(key)} characters)"
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -302,6 +354,8 @@ def from_dict(data: dict[str, Any], plugins: PluginSet, source: str = "", defaul
     problems: list[str] = []
     if not isinstance(data, dict):
         raise RecipeError(["$: expected a table"], source=source)
+    if too_deep(data):
+        raise RecipeError([f"$: {TOO_DEEP}"], source=source)
     for key in sorted(set(data) - set(FRAMEWORK_SECTIONS) - set(KINDS) - set(NAMED_SECTIONS)):
         known = ", ".join([*FRAMEWORK_SECTIONS, *KINDS, *NAMED_SECTIONS])
         problems.append(f"$.{key}: unknown section (known: {known})")
@@ -353,7 +407,7 @@ def from_dict(data: dict[str, Any], plugins: PluginSet, source: str = "", defaul
         raise RecipeError(problems, source=source)
     run = framework["run"]
     if not run.name and default_name:
-        run = attrs.evolve(run, name=default_name)
+        run = attrs.evolve(run, name=safe_name(default_name))
     return Recipe(
         run=run,
         train=framework["train"],

@@ -43,7 +43,11 @@ def new_run_dir(root: Path, name: str) -> Path:
 def latest_run_dir(root: Path, name: str) -> Path | None:
     """The highest-numbered ``root/NNNNN-name`` that holds a checkpoint, for ``--resume``."""
     candidates = sorted(
-        (p for p in root.glob(f"*-{name}") if _NUMBERED.match(p.name) and (p / "checkpoints").is_dir()),
+        (
+            p
+            for p in (root.iterdir() if root.is_dir() else ())
+            if (m := _NUMBERED.match(p.name)) and m.group(2) == name and (p / "checkpoints").is_dir()
+        ),
         key=lambda p: p.name,
     )
     return candidates[-1] if candidates else None
@@ -116,5 +120,5 @@ class RunWriter:
 def _line_step(line: str) -> int:
     try:
         return int(json.loads(line).get("step", 0))
-    except (ValueError, AttributeError):
+    except (ValueError, TypeError, AttributeError, RecursionError):  # not a record bifamily wrote
         return 0

@@ -206,6 +206,7 @@ def _resume(trainer: Trainer, run_dir: Path, world: World) -> int:
         latest = damaged[-1]  # restoring it raises the error that names the damaged file
     step = trainer.resume(latest)  # verifies the checkpoint before anything is appended
     if world.is_main:
+        trainer.checkpoints.repair_pointer(latest)
         _notes.info(f"resumed {run_dir} at step {step}")
     return step
 

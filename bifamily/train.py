@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from bifamily import __version__
 from bifamily.build import Model
-from bifamily.checkpoint import CheckpointManager, restore
+from bifamily.checkpoint import RESUME_FILE, CheckpointManager, restore
 from bifamily.data import BatchLayout, BatchStream
 from bifamily.distributed import Replicated, World
 from bifamily.ema import EMA, ema_decay
@@ -118,6 +118,28 @@ def make_state(recipe: Recipe, model: Model, dataset: Any, world: World = World(
         layout,
         stream,
     )
+
+
+def _check_extra(checkpoint: Path, extra: dict) -> None:
+    """Refuse a resume file whose ``extra`` (written by :meth:`Trainer.save_checkpoint`) has another shape."""
+    data, guard, scalers = extra.get("data"), extra.get("guard", {}), extra.get("scalers", {})
+
+    def count(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    if not (
+        isinstance(data, dict)
+        and count(data.get("epoch"))
+        and count(data.get("batch"))
+        and isinstance(guard, dict)
+        and count(guard.get("rollbacks", 0))
+        and isinstance(scalers, dict)
+        and all(isinstance(state, dict) for state in scalers.values())
+    ):
+        raise CheckpointError(
+            f"{checkpoint / RESUME_FILE}: malformed resume metadata: 'extra' lacks the data position "
+            "(epoch, batch), or its guard or scaler state has another shape"
+        )
 
 
 def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
@@ -335,11 +357,12 @@ class Trainer:
                 raise
             hint = f"the checkpoint before it, {previous}, is whole: move {checkpoint} aside to resume from that one"
             raise CheckpointError(f"{error}\n{hint}") from None
+        _check_extra(checkpoint, extra)
         for optimizer in self.state.optimizers().values():
             _match_parameter_layouts(optimizer)
         self.state.step = step
         self.state.stream.load_state(extra["data"])
-        self._set_rollbacks(int(extra.get("guard", {}).get("rollbacks", 0)))
+        self._set_rollbacks(extra.get("guard", {}).get("rollbacks", 0))
         for name, scaler in self.state.scalers().items():
             saved = extra.get("scalers", {}).get(name)
             if saved and scaler.is_enabled():

@@ -21,8 +21,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from bifamily.config import SAFE_NAME_RULE, is_safe_name
 from bifamily.context import BuildContext
-from bifamily.errors import BifamilyError, RecipeError
+from bifamily.errors import BifamilyError, PluginError, RecipeError
 from bifamily.evaluation.features import extract_features, require_labels
 from bifamily.interfaces import Encoder, LatentPrior
 from bifamily.plugins import PluginSet
@@ -248,6 +249,10 @@ def evaluate(metrics: Mapping[str, Metric], subject: Subject, step: int) -> list
 
 def write_records(writer: RunWriter, records: list[Record]) -> None:
     """Append the records to metrics.jsonl and save their grids as ``eval/METRIC-IMAGE/step-N.png``."""
+    for record in records:
+        unsafe = [name for name in record.result.images if not is_safe_name(name)]
+        if unsafe:  # image names become folder names
+            raise PluginError(f"metric {record.metric!r} named an image {unsafe[0]!r}: use {SAFE_NAME_RULE}")
     for record in records:
         writer.append("metrics.jsonl", record.to_json())
         for image_name, grid in record.result.images.items():

@@ -8,17 +8,17 @@ of the machine that trained may not exist here).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any
 
 import attrs
 import torch
 
 from bifamily.build import Model, build_model, make_context
-from bifamily.checkpoint import SNAPSHOT_FILE, CheckpointManager, load_modules, read_snapshot
+from bifamily.checkpoint import SNAPSHOT_FILE, CheckpointManager, load_modules, metadata_json, read_snapshot
 from bifamily.errors import CheckpointError
 from bifamily.plugins import PluginSet
-from bifamily.recipe import Recipe, apply_overrides, from_dict
+from bifamily.recipe import TOO_DEEP, Recipe, apply_overrides, from_dict, too_deep
 
 
 @attrs.frozen
@@ -54,21 +54,27 @@ def find_snapshot(target: Path) -> tuple[Path, Path | None]:
     return snapshot, run_dir
 
 
+def read_model_snapshot(path: Path, what: str = "model") -> tuple[dict[str, torch.Tensor], dict[str, Any], int]:
+    """The tensors, the stored recipe (raw data, to structure with overrides) and the step of a snapshot
+    file, each checked: ``what`` names what is rebuilt from it in the error."""
+    tensors, metadata = read_snapshot(path)
+    if "recipe" not in metadata:
+        raise CheckpointError(f"{path}: its metadata holds no recipe, so the {what} cannot be rebuilt from it")
+    raw = metadata_json(path, metadata, "recipe", dict)
+    if too_deep(raw):
+        raise CheckpointError(f"{path}: the recipe in its metadata has {TOO_DEEP}")
+    return tensors, raw, metadata_json(path, metadata, "step", int, default=0)
+
+
 def load_snapshot(
     target: str | Path, plugins: PluginSet, overrides: list[str] = (), device: torch.device | str = "cpu"
 ) -> LoadedSnapshot:
     """Rebuild the snapshot's model on ``device`` with its EMA generator and encoder weights."""
     path, run_dir = find_snapshot(Path(target))
-    tensors, metadata = read_snapshot(path)
-    if "recipe" not in metadata:
-        raise CheckpointError(f"{path}: its metadata holds no recipe, so the model cannot be rebuilt from it")
-    try:
-        raw = json.loads(metadata["recipe"])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: the recipe in its metadata is not valid JSON ({exc})") from None
+    tensors, raw, step = read_model_snapshot(path)
     recipe = from_dict(apply_overrides(raw, list(overrides)), plugins, source=str(path))
     model = build_model(recipe, make_context(recipe, device))
-    load_modules(tensors, {"generator_ema": model.generator, "encoder_ema": model.encoder})
+    load_modules(tensors, {"generator_ema": model.generator, "encoder_ema": model.encoder}, path)
     for module in model.modules().values():
         module.to(device).eval()
-    return LoadedSnapshot(path, run_dir, recipe, model, int(metadata.get("step", 0)))
+    return LoadedSnapshot(path, run_dir, recipe, model, step)
