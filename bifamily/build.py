@@ -130,22 +130,28 @@ def dry_run_mismatches(model: Model) -> list[str]:
     for module in modules.values():
         module.eval()
     problems: list[str] = []
+    running = "$.prior"  # the component whose failure is reported
     try:
         z = model.prior.sample(n)
+        running = "$.generator"
         x = model.generator(z)
         want = (n, ctx.channels, ctx.resolution, ctx.resolution)
         if tuple(x.shape) != want:
             problems.append(f"$.generator: produced images of shape {tuple(x.shape)}, expected {want} from $.data")
             return problems
         x_e = torch.zeros(n, ctx.channels, ctx.encoder_input_resolution, ctx.encoder_input_resolution)
-        z_hat = model.encoder(x_e).sample()
+        running = "$.encoder"
+        h = model.encoder.backbone(x_e)
+        running = "$.posterior"
+        z_hat = model.encoder.head(h).sample()
         if tuple(z_hat.shape) != (n, ctx.latent_dim):
             problems.append(f"$.posterior: produced latents of shape {tuple(z_hat.shape)}, expected {(n, ctx.latent_dim)} ($.prior.dim)")
             return problems
+        running = "$.discriminator"
         scores = model.discriminator(x, z)
         problems.extend(_score_problems(scores, n, model.loss))
     except Exception as exc:  # report, never crash: the recipe is what is wrong
-        problems.append(f"$: the components do not fit together: {type(exc).__name__}: {exc}")
+        problems.append(f"{running}: fails on a batch of {n}: {type(exc).__name__}: {exc}")
     finally:
         for name, module in modules.items():
             module.train(was_training[name])

@@ -445,7 +445,10 @@ def plot(run_dir: str, out: str | None, overrides: tuple[str, ...]) -> None:
         encoder = _snapshot(run_dir, overrides, "cpu").model.encoder
     elif is_run_dir(path):
         click.echo(f"{path}: no checkpoint yet, so no filters.png", err=True)
-    for written in plot_run(path, Path(out) if out else path / "plots", encoder):
+    def note(text: str) -> None:
+        click.echo(f"{path}: {text}", err=True)
+
+    for written in plot_run(path, Path(out) if out else path / "plots", encoder, note):
         click.echo(written)
 
 
@@ -461,6 +464,8 @@ def plugins(as_json: bool) -> None:
       bifamily plugins --json
     """
     plugin_set = _plugins(strict=False)
+    if plugin_set.unknown_blocked:
+        echo(f"{label('warning:', 'yellow')} {_printable(plugin_set.unknown_blocked_line())}", err=True)
     rows = []
     for info in plugin_set.infos:
         components = {

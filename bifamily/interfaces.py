@@ -91,7 +91,7 @@ class EncoderBackbone(nn.Module):
     """
 
     feature_dim: int
-    resolution: int
+    resolution: int  # the side of the images it reads (ctx.encoder_input_resolution)
     channels: int
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -150,8 +150,14 @@ class JointDiscriminator(nn.Module):
 class Loss(abc.ABC):
     """An adversarial objective over real = D(x, E(x)) and fake = D(G(z), z) scores.
 
-    Each method returns the scalar loss to minimise and a dict of detached scalar statistics.
+    Each method returns the scalar loss to minimise and a dict of detached scalar statistics (by
+    convention ``loss_d`` and ``loss_eg`` hold the losses themselves; every name starting with
+    ``loss`` is shown in the progress line).
     """
+
+    required_scores: tuple[str, ...]
+    """The :class:`Scores` fields the loss reads (``"s_x"``, ``"s_z"``, ``"s_xz"``); building a recipe
+    checks that the discriminator returns each of them."""
 
     @abc.abstractmethod
     def discriminator(self, real: Scores, fake: Scores) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -94,9 +94,17 @@ class Registry:
 class PluginSet:
     """The loaded plugins, the components they registered, and the plugins that failed."""
 
-    def __init__(self, manager: pluggy.PluginManager, infos: list[PluginInfo]):
+    def __init__(
+        self,
+        manager: pluggy.PluginManager,
+        infos: list[PluginInfo],
+        blocked: list[str] = (),
+        unknown_blocked: list[str] = (),
+    ):
         self.manager = manager
         self.infos = infos
+        self.blocked = list(blocked)  # installed plugins that BIFAMILY_BLOCK_PLUGINS skipped
+        self.unknown_blocked = list(unknown_blocked)  # names in it that no installed plugin has
         self.registry = Registry()
         for kind, hook_name in REGISTERED_KINDS.items():
             self._collect(kind, hook_name)
@@ -118,10 +126,10 @@ class PluginSet:
 
             try:
                 impl.function(register=register)
-            except PluginError:
+            except (PluginError, KeyboardInterrupt):
                 raise
-            except Exception as exc:  # a broken plugin must not take the others down
-                self._mark_failed(plugin_name, f"{hook_name} raised {type(exc).__name__}: {exc}")
+            except BaseException as exc:  # a broken plugin must not take the others down, nor exit
+                self._mark_failed(plugin_name, f"{hook_name} raised {_described(exc)}")
 
     def _mark_failed(self, plugin_name: str, error: str) -> None:
         for index, info in enumerate(self.infos):
@@ -131,13 +139,30 @@ class PluginSet:
         self.infos.append(PluginInfo(plugin_name, "?", "?", error))
 
     def check_healthy(self) -> None:
-        """Raise if any plugin failed to load: running with a silently missing plugin is worse."""
+        """Raise if any plugin failed to load, or the block list names none: running with a silently
+        missing plugin is worse."""
+        if self.unknown_blocked:
+            raise PluginError(self.unknown_blocked_line())
         if self.failed:
             info = self.failed[0]
             raise PluginError(
                 f"plugin {info.name!r} (distribution {info.distribution} {info.version}) failed to "
                 f"load: {info.error}. Fix or uninstall it, or skip it with {BLOCK_ENV}={info.name}"
             )
+
+
+    def unknown_blocked_line(self) -> str:
+        installed = ", ".join(info.name for info in self.infos)
+        return (
+            f"{BLOCK_ENV} names {', '.join(map(repr, self.unknown_blocked))}, which no installed plugin is "
+            f"called (installed: {installed}); correct or remove the name"
+        )
+
+
+def _described(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit (it called sys.exit({exc.code!r}))"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _blocked() -> set[str]:
@@ -151,7 +176,8 @@ def load_plugins(extra: list[Any] = ()) -> PluginSet:
     autoload = os.environ.get(AUTOLOAD_ENV, "") in ("", "0")
     blocked = _blocked()
     infos: list[PluginInfo] = []
-    for ep in sorted(entry_points(group="bifamily"), key=lambda ep: ep.name):
+    available = sorted(entry_points(group="bifamily"), key=lambda ep: ep.name)
+    for ep in available:
         dist = ep.dist.name if ep.dist is not None else "?"
         version = ep.dist.version if ep.dist is not None else "?"
         if ep.name in blocked or (not autoload and dist != OWN_DISTRIBUTION):
@@ -161,15 +187,45 @@ def load_plugins(extra: list[Any] = ()) -> PluginSet:
         try:
             module = ep.load()
             manager.register(module, name=ep.name)
-        except Exception as exc:
-            infos.append(PluginInfo(ep.name, dist, version, f"{type(exc).__name__}: {exc}"))
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit too: a plugin's import must not end the command
+            infos.append(PluginInfo(ep.name, dist, version, _described(exc)))
             continue
         infos.append(PluginInfo(ep.name, dist, version))
     for index, plugin in enumerate(extra):
         name = getattr(plugin, "__name__", f"extra-{index}")
         manager.register(plugin, name=name)
         infos.append(PluginInfo(name, "(registered in code)", "-"))
-    return PluginSet(manager, infos)
+    infos = _unregister_unknown_hooks(manager, infos)
+    names = {ep.name for ep in available}
+    return PluginSet(
+        manager, infos, blocked=sorted(blocked & names), unknown_blocked=sorted(blocked - names)
+    )
+
+
+def _unregister_unknown_hooks(manager: pluggy.PluginManager, infos: list[PluginInfo]) -> list[PluginInfo]:
+    """Record as failed (and unregister) each plugin implementing a hook bifamily does not define,
+    such as a misspelt ``bifamily_register_prior``: its components would silently never register."""
+    infos = list(infos)
+    while True:
+        try:
+            manager.check_pending()
+            return infos
+        except pluggy.PluginValidationError as exc:
+            name = manager.get_name(exc.plugin)
+            unknown = sorted(
+                hook
+                for hook, caller in vars(manager.hook).items()
+                if not hook.startswith("_") and not caller.has_spec()
+                and any(impl.plugin is exc.plugin for impl in caller.get_hookimpls())
+            )
+            manager.unregister(exc.plugin)
+            error = (
+                f"implements unknown hook {', '.join(map(repr, unknown))} (bifamily's hooks: "
+                f"{', '.join(sorted(REGISTERED_KINDS.values()))})"
+            )
+            infos = [attrs.evolve(info, error=error) if info.name == name else info for info in infos]
 
 
 @functools.lru_cache(maxsize=1)

@@ -32,7 +32,7 @@ from bifamily.config import (
     unstructure,
 )
 from bifamily.errors import RecipeError
-from bifamily.plugins import KINDS, PluginSet
+from bifamily.plugins import BLOCK_ENV, KINDS, PluginSet
 
 
 @attrs.frozen
@@ -480,6 +480,8 @@ def _installed(plugins: PluginSet, kind: str) -> str:
     failed = [info.name for info in plugins.failed]
     if failed:
         text += f"; failed to load: {', '.join(failed)}"
+    if plugins.blocked:  # what a blocked plugin registers is unknown without importing it
+        text += f"; not loaded, blocked by {BLOCK_ENV}: {', '.join(plugins.blocked)}"
     return text
 
 

@@ -438,7 +438,7 @@ FAKE = Scores(*(torch.tensor(v, dtype=torch.float64) for v in ([-1.0, 3.0], [0.2
     ("loss", "message"),
     [
         (SummedHingeLoss, "L_D .* changes when the batch is duplicated"),
-        (ReversedLoss, "L_D pushes real s_xz scores down or fake ones up"),
+        (ReversedLoss, "L_D pushes real s_xz scores <= 0 further down or fake ones >= 0 further up"),
         (SecretlyUnaryLoss, r"reads s_x, which is not in required_scores \('s_xz',\)"),
         (ExponentialLoss, "L_D .* is inf for finite scores"),
     ],
@@ -449,7 +449,7 @@ def test_loss_checks_name_what_broke(loss: type, message: str) -> None:
 
 
 def test_check_loss_finds_a_broken_loss_with_hypothesis() -> None:
-    with pytest.raises(AssertionError, match="L_D pushes real s_xz scores down or fake ones up"):
+    with pytest.raises(AssertionError, match="L_D pushes real s_xz scores <= 0 further down or fake ones >= 0 further up"):
         check_loss(Makes(lambda ctx: ReversedLoss()), CTX, max_examples=10)
 
 

@@ -97,12 +97,13 @@ def plot_curves(series: Series, title: str, out: Path) -> Path:
     return out
 
 
-def first_conv_weight(module: nn.Module) -> torch.Tensor:
-    """The weight (O, I, kh, kw) of the first 2-D convolution in registration order (the input layer)."""
+def first_conv_weight(module: nn.Module) -> torch.Tensor | None:
+    """The weight (O, I, kh, kw) of the first 2-D convolution in registration order (the input layer);
+    None when the module has none (an MLP or attention encoder)."""
     for layer in module.modules():
         if isinstance(layer, nn.Conv2d):
             return layer.weight.detach().float().cpu()
-    raise BifamilyError(f"{type(module).__name__} has no Conv2d layer whose filters could be shown")
+    return None
 
 
 def filter_grid(weight: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -119,14 +120,17 @@ def filter_grid(weight: torch.Tensor) -> tuple[torch.Tensor, int]:
     return tiles, nrow
 
 
-def plot_filters(encoder: nn.Module, out: Path) -> Path:
-    tiles, nrow = filter_grid(first_conv_weight(encoder))
+def plot_filters(weight: torch.Tensor, out: Path) -> Path:
+    tiles, nrow = filter_grid(weight)
     save_image(tiles, out, nrow=nrow, padding=2, pad_value=1.0)
     return out
 
 
-def plot_run(run_dir: Path, out_dir: Path, encoder: nn.Module | None) -> list[Path]:
-    """losses.png (stats.jsonl), metrics.png (metrics.jsonl), filters.png (``encoder``); the written paths."""
+def plot_run(
+    run_dir: Path, out_dir: Path, encoder: nn.Module | None, note: Callable[[str], None] = print
+) -> list[Path]:
+    """losses.png (stats.jsonl), metrics.png (metrics.jsonl), filters.png (``encoder``'s first
+    convolution; skipped with a ``note`` when it has none); the written paths."""
     stats, metrics = read_jsonl(run_dir / "stats.jsonl"), read_jsonl(run_dir / "metrics.jsonl")
     if not stats and not metrics and encoder is None:
         raise BifamilyError(f"{run_dir}: no stats.jsonl or metrics.jsonl to plot")
@@ -138,6 +142,9 @@ def plot_run(run_dir: Path, out_dir: Path, encoder: nn.Module | None) -> list[Pa
     values = _series(metrics, metric_labels(metrics))
     if values:
         written.append(plot_curves(values, f"{run_dir.name}: metrics", out_dir / "metrics.png"))
-    if encoder is not None:
-        written.append(plot_filters(encoder, out_dir / "filters.png"))
+    weight = first_conv_weight(encoder) if encoder is not None else None
+    if weight is not None:
+        written.append(plot_filters(weight, out_dir / "filters.png"))
+    elif encoder is not None:
+        note(f"the encoder ({type(encoder).__name__}) has no Conv2d layer, so no filters.png")
     return written

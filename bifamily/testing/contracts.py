@@ -16,7 +16,6 @@ from types import ModuleType
 from typing import Any
 
 import attrs
-import pluggy
 import torch
 from torch import nn
 
@@ -422,11 +421,7 @@ def check_plugin(module: ModuleType) -> dict[str, dict[str, type]]:
     """
     subject = f"plugin {module.__name__}"
     plugins = plugin_set(module)
-    try:
-        plugins.manager.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise AssertionError(f"{subject}: {exc} (the hooks are listed in bifamily.hookspecs)") from exc
-    for info in plugins.failed:
+    for info in plugins.failed:  # a hook name bifamily does not define fails the plugin too
         _fail(subject, f"plugin {info.name!r} failed to load: {info.error}")
     name = plugins.manager.get_name(module)
     registered = {

@@ -3,8 +3,10 @@
 Scores follow one convention: higher means "more like a real pair". Every loss must be finite with
 finite gradients for any finite scores, depend on the batches only through their distribution
 (invariant to permuting or duplicating them), treat real and fake symmetrically (swapping them and
-negating every score leaves L_D unchanged), push real scores up and fake scores down in L_D and the
-reverse in L_EG, and read only the scores it declares in ``required_scores``.
+negating every score leaves L_D unchanged), never push a score further to the wrong side of 0 (L_D: a
+real score <= 0 down or a fake score >= 0 up; L_EG the reverse), and read only the scores it declares
+in ``required_scores``. On the right side of 0 a loss may pull a score back toward a target, as a
+least-squares loss does.
 
 Each ``check_*`` function tests one invariant on given scores; :func:`check_loss` runs them all on
 scores drawn by hypothesis.
@@ -146,18 +148,24 @@ def check_real_fake_symmetry(loss: Loss, real: Scores, fake: Scores, rtol: float
 
 
 def check_gradient_directions(loss: Loss, real: Scores, fake: Scores) -> None:
-    """Minimising L_D never lowers a real score nor raises a fake one; minimising L_EG does neither
-    the reverse (gradient descent follows -grad)."""
+    """Minimising L_D never lowers a real score that is <= 0 nor raises a fake one that is >= 0: it
+    never pushes a score further to the wrong side (gradient descent follows -grad). Minimising L_EG
+    never raises a real score >= 0 nor lowers a fake one <= 0. Monotone losses (hinge, logistic,
+    Wasserstein) push every score one way; a least-squares loss pulls scores past its targets back."""
     real, fake = score_leaves(real), score_leaves(fake)
     loss_d, loss_eg = loss.discriminator(real, fake)[0], loss.generator_encoder(real, fake)[0]
     for name in required_scores(loss):
         s_real, s_fake = getattr(real, name), getattr(fake, name)
         d_real, d_fake = _grads(loss_d, [s_real, s_fake])
         eg_real, eg_fake = _grads(loss_eg, [s_real, s_fake])
-        if not ((d_real <= 0).all() and (d_fake >= 0).all()):
-            raise AssertionError(f"{_name(loss)}: L_D pushes real {name} scores down or fake ones up")
-        if not ((eg_real >= 0).all() and (eg_fake <= 0).all()):
-            raise AssertionError(f"{_name(loss)}: L_EG pushes real {name} scores up or fake ones down")
+        if (d_real[s_real <= 0] > 0).any() or (d_fake[s_fake >= 0] < 0).any():
+            raise AssertionError(
+                f"{_name(loss)}: L_D pushes real {name} scores <= 0 further down or fake ones >= 0 further up"
+            )
+        if (eg_real[s_real >= 0] < 0).any() or (eg_fake[s_fake <= 0] > 0).any():
+            raise AssertionError(
+                f"{_name(loss)}: L_EG pushes real {name} scores >= 0 further up or fake ones <= 0 further down"
+            )
 
 
 def check_reads_only_required_scores(loss: Loss, real: Scores, fake: Scores) -> None:
