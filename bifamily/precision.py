@@ -62,6 +62,14 @@ class Precision:
         return torch.amp.GradScaler(self.device_type, enabled=self.dtype == torch.float16)
 
 
+def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast switched off on ``device_type``; on the meta device (shapes only, as the pre-flight
+    builds models) there is no autocast to switch off."""
+    if device_type == "meta":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False)
+
+
 _SpectralNorm = parametrizations._SpectralNorm
 
 
@@ -69,7 +77,7 @@ class _SpectralNormFP32(_SpectralNorm):
     """torch's spectral-norm parametrization with autocast switched off inside (same buffers/keys)."""
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(weight.device.type, enabled=False):
+        with autocast_off(weight.device.type):
             return super().forward(weight)
 
 

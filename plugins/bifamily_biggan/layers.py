@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from bifamily.precision import autocast_off
+
 # BigGAN's 128x128 launch scripts use --SN_eps 1e-6; BatchNorm keeps PyTorch's eps 1e-5 (= --BN_eps).
 SPECTRAL_NORM_EPS = 1e-6
 
@@ -33,8 +35,7 @@ def _initialise_and_normalise(layer: nn.Conv2d | nn.Linear) -> None:
 
 def _normalised_weight(layer: nn.Conv2d | nn.Linear) -> torch.Tensor:
     """W / sigma(W), computed in float32 whatever autocast is active."""
-    device_type = layer.parametrizations.weight.original.device.type
-    with torch.autocast(device_type, enabled=False):
+    with autocast_off(layer.parametrizations.weight.original.device.type):
         return layer.weight
 
 
