@@ -208,6 +208,12 @@ def data_key(recipe: Recipe) -> dict[str, Any]:
     return data
 
 
+def evaluated(data: Dataset) -> Dataset:
+    """The split evaluation reads in place of ``data``: a data set that trains on unlabelled images
+    (STL-10's unlabelled split) names its labelled counterpart as ``for_evaluation``."""
+    return getattr(data, "for_evaluation", data)
+
+
 def make_subject(recipe: Recipe, generator: nn.Module, encoder: Encoder, prior: LatentPrior,
                  context: BuildContext, train_data: Dataset, test_data: Dataset) -> Subject:
     return Subject(
@@ -215,7 +221,7 @@ def make_subject(recipe: Recipe, generator: nn.Module, encoder: Encoder, prior: 
         encoder=encoder,
         prior=prior,
         context=context,
-        train_data=train_data,
+        train_data=evaluated(train_data),
         test_data=test_data,
         data_key=data_key(recipe),
         batch_size=recipe.eval.batch_size,
@@ -230,7 +236,7 @@ def check_labels(metrics: Mapping[str, Metric], train_data: Dataset, test_data: 
     """Refuse, before any work, metrics that need labels on a data set without them."""
     for name, metric in metrics.items():
         if metric.needs_labels:
-            require_labels(train_data, f"metric {name!r}")
+            require_labels(evaluated(train_data), f"metric {name!r}")
             require_labels(test_data, f"metric {name!r}")
 
 

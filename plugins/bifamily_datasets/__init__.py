@@ -2,7 +2,9 @@
 
 - ``procedural``: coloured shapes generated on the fly from a seed (offline, nothing on disk);
 - ``mnist``: MNIST from local idx files;
-- ``image_folder``: your own images, with ResNet-style or compare_gan "distorted" augmentation.
+- ``image_folder``: your own images, with ResNet-style or compare_gan "distorted" augmentation;
+- ``torchvision``: MNIST, Fashion-MNIST, CIFAR-10, SVHN, STL-10 and CelebA through torchvision's
+  classes, from a local folder (downloaded only with ``download = true``).
 
 Each ``build(ctx, split)`` returns a map-style data set of (image, label) pairs with ``num_classes``
 and ``class_names``; images are float32 (channels, R, R) in [-1, 1] with R = ``ctx.data_resolution``.
@@ -18,6 +20,7 @@ from bifamily.hookspecs import Register, hookimpl
 from .image_folder import ImageFolderConfig, ImageFolderDataset
 from .mnist import IdxImages, MnistConfig
 from .procedural import ProceduralConfig, ProceduralShapes
+from .torchvision_sets import TorchvisionConfig
 
 __all__ = [
     "IdxImages",
@@ -26,6 +29,7 @@ __all__ = [
     "MnistConfig",
     "ProceduralConfig",
     "ProceduralShapes",
+    "TorchvisionConfig",
 ]
 
 
@@ -34,3 +38,4 @@ def bifamily_register_datasets(register: Register) -> None:
     register("procedural", ProceduralConfig)
     register("mnist", MnistConfig)
     register("image_folder", ImageFolderConfig)
+    register("torchvision", TorchvisionConfig)
