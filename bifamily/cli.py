@@ -12,7 +12,7 @@ import shlex
 import sys
 import unicodedata
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 import tomli_w
@@ -24,6 +24,9 @@ from bifamily.plugins import KINDS, REGISTERED_KINDS, PluginSet, default_plugins
 from bifamily.recipe import Recipe, load
 from bifamily.scaffold import new_plugin
 from bifamily.stopping import EXIT_DIVERGED, TrainingStopped, signal_name
+
+if TYPE_CHECKING:
+    from bifamily.distributed import World
 
 EXIT_BAD_INPUT = 2
 EXIT_CODES = f"""\b
@@ -134,7 +137,12 @@ def main() -> None:
 @set_option
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default: RUN.out_root/NNNNN-NAME).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out (or the latest run of this recipe) from its latest checkpoint.")
-@click.option("--dry-run", is_flag=True, help="Print the resolved recipe and exit.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Make every check the run would make before it starts (bifamily validate's), print the resolved "
+    "recipe and exit.",
+)
 @click.option(
     "--progress/--no-progress",
     default=None,
@@ -169,9 +177,12 @@ def run(
       torchrun --nproc-per-node=8 -m bifamily run recipes/bigbigan.toml
     """
     from bifamily import distributed
+    from bifamily.preflight import preflight
     from bifamily.session import choose_run_dir, prepare, run_training
 
     resolved = _load(recipe, overrides)
+    world = _world(resolved, nproc)
+    checked = preflight(resolved, world)
     if dry_run:
         click.echo(tomli_w.dumps(resolved.to_dict()), nl=False)
         return
@@ -179,11 +190,23 @@ def run(
     if nproc is not None and nproc > 1:
         _launch(resolved, recipe, overrides, out, resume, show_progress, nproc)
         return
-    world = distributed.world_from_environment(resolved.run.device)
     with showing_run_log(bar=show_progress), distributed.joined(world, resolved.train.collective_timeout_s):
-        prepared = prepare(resolved, world)
+        prepared = prepare(resolved, world, checked=checked)
         run_dir = world.on_main(lambda: choose_run_dir(resolved, out, resume))
         run_training(prepared, run_dir, resume=resume, world=world, progress=show_progress)
+
+
+def _world(resolved: Recipe, nproc: int | None) -> World:
+    """The world to check ``resolved`` for: with ``--nproc N``, that of its last rank (the one that
+    needs the most GPUs); else this process's, alone or as torchrun started it."""
+    from bifamily import distributed
+
+    if nproc is None or nproc == 1:
+        return distributed.world_from_environment(resolved.run.device)
+    if distributed.launched_by_torchrun():
+        raise BifamilyError("--nproc: this process was started by torchrun already; drop --nproc")
+    device = distributed.resolve_device(resolved.run.device, local_rank=nproc - 1, world_size=nproc)
+    return distributed.World(size=nproc, local_rank=nproc - 1, device=device)
 
 
 def _launch(
@@ -195,16 +218,10 @@ def _launch(
     progress: bool,
     nproc: int,
 ) -> None:
-    """``run --nproc N``: check what can be checked here, choose the run directory, hand over to torchrun."""
+    """``run --nproc N`` after the pre-flight: choose the run directory, hand over to torchrun."""
     from bifamily import distributed
     from bifamily.session import choose_run_dir
 
-    if distributed.launched_by_torchrun():
-        raise BifamilyError("--nproc: this process was started by torchrun already; drop --nproc")
-    device = distributed.resolve_device(resolved.run.device, local_rank=nproc - 1, world_size=nproc)
-    problems = distributed.config_problems(resolved.train, nproc, device)
-    if problems:
-        raise RecipeError(problems, source=resolved.source)
     run_dir = choose_run_dir(resolved, out, resume)
     command = ["run", recipe, *(arg for o in overrides for arg in ("--set", o)), "--out", str(run_dir)]
     arguments = [*command, "--progress" if progress else "--no-progress", *(["--resume"] if resume else [])]
@@ -229,21 +246,24 @@ def _launch(
 @set_option
 @_guarded
 def validate(recipe: str, overrides: tuple[str, ...]) -> None:
-    """Build every component of RECIPE (no training), check they agree, print parameter counts.
+    """Make every check a run of RECIPE makes before it starts, cheapest first, and report every
+    problem at once: keys and types, plugin names, device and batch split, data paths, evaluation
+    settings, then the model built on the meta device (no memory, no initial values) with a batch
+    through G, E and D. On success print the components and their parameter counts.
 
     \b
     Example:
       bifamily validate recipes/bigbigan.toml --set data.root=/data/imagenet
     """
-    from bifamily.session import prepare
+    from bifamily.preflight import preflight
 
     resolved = _load(recipe, overrides)
-    prepared = prepare(resolved)
+    checked = preflight(resolved)
     click.echo(f"{recipe}: ok")
     for kind in KINDS:
         click.echo(f"  {kind:<14} {resolved.kinds[kind]}")
     click.echo("parameters:")
-    for name, count in prepared.model.parameter_counts().items():
+    for name, count in checked.meta_model.parameter_counts().items():
         click.echo(f"  {name:<18} {count:>14,}")
 
 

@@ -1,7 +1,8 @@
 """From a recipe to a finished run: validate, build, prepare the run directory, train, report.
 
 Everything that can fail because of user input (recipe, plugins, data paths, checkpoints) is checked
-before the run directory is created, so a bad recipe never leaves a half-written run behind.
+before the run directory is created, so a bad recipe never leaves a half-written run behind; the
+recipe's checks are the pre-flight's (:mod:`bifamily.preflight`), made before the model is built for real.
 Each rank of a distributed run goes through the same functions with its :class:`World`; rank 0 alone
 creates the run directory, writes to it and runs the evaluations (scheduled ones and the final report);
 evaluation has no collectives, so the other ranks go on and wait for rank 0 in the next step's
@@ -22,33 +23,30 @@ import torch
 
 from bifamily import __version__
 from bifamily.allocator import keep_freed_memory
-from bifamily.batchnorm import batch_norm_for
-from bifamily.build import Model, build_model, make_context
-from bifamily.context import BuildContext
+from bifamily.build import Model, build_components, build_model
 from bifamily.display_subset import display_images
-from bifamily.distributed import World, config_problems, resolve_device
-from bifamily.errors import BifamilyError, CheckpointError, DataError, RecipeError
+from bifamily.distributed import World, resolve_device
+from bifamily.errors import BifamilyError, CheckpointError
 from bifamily.evaluation.best import BestSnapshot
 from bifamily.evaluation.metrics import (
     Direction,
     Metric,
     Record,
-    best_direction,
-    build_metrics,
-    check_labels,
     evaluate,
     format_table,
     make_subject,
     write_records,
 )
-from bifamily.plugins import PluginSet, default_plugins
+from bifamily.plugins import PluginSet
+from bifamily.preflight import Checked, preflight
+from bifamily.preflight import open_data as open_data  # where bench scripts import it from
 from bifamily.precision import spectral_norm_in_fp32
 from bifamily.randomness import derive_seed
 from bifamily.recipe import REPORT_METRICS, Recipe
 from bifamily.rundir import RunWriter, latest_run_dir, new_run_dir
 from bifamily.runlog import REPORT, ROOT, ProgressLines, file_log
 from bifamily.tensorboard_events import FOLDER as TENSORBOARD_FOLDER
-from bifamily.tensorboard_events import TensorBoardEvents, missing_package_problems
+from bifamily.tensorboard_events import TensorBoardEvents
 from bifamily.train import RECON_SIZE, Trainer, make_state
 
 _notes, _results = logging.getLogger(ROOT), logging.getLogger(REPORT)
@@ -65,74 +63,32 @@ class Prepared:
     best: Direction | None = None  # direction of `eval.best`, when a best snapshot is kept
 
 
-def prepare(recipe: Recipe, world: World | None = None, plugins: PluginSet | None = None) -> Prepared:
-    """Build every component for this process of ``world`` (default: one process on ``run.device``),
-    open both data splits and build the metrics; raises before anything is written.
+def prepare(
+    recipe: Recipe, world: World | None = None, plugins: PluginSet | None = None, checked: Checked | None = None
+) -> Prepared:
+    """Check ``recipe`` with the pre-flight (``checked``: its result, when the caller ran it), then build
+    every component for this process of ``world`` (default: one process on ``run.device``); raises
+    before anything is written.
 
     In a world of several ranks, G and E get cross-replica batch norm through ``ctx.batch_norm``.
     """
     if world is None:
         world = World(device=resolve_device(recipe.run.device))
+    if checked is None:
+        checked = preflight(recipe, world, plugins)
     device = world.device
-    problems = config_problems(recipe.train, world.size, device)
-    if recipe.run.tensorboard:
-        problems += missing_package_problems()
-    if problems:
-        raise RecipeError(problems, source=recipe.source)
     if recipe.train.keep_freed_memory and device.type == "cpu":
         keep_freed_memory()
-    ctx = make_context(recipe, device, batch_norm=batch_norm_for(device, world.size))
-    model = build_model(recipe, ctx)
-    train_data, test_data = open_data(recipe, ctx)
-    if len(train_data) < recipe.train.batch_size:
-        raise DataError(
-            f"$.train.batch_size: {recipe.train.batch_size} is larger than the training split "
-            f"({len(train_data)} images)"
-        )
+    model = build_components(recipe, checked.context)  # the pre-flight checked the same build on meta
     for module in model.modules().values():
         module.to(device)
         spectral_norm_in_fp32(module)
         if recipe.train.channels_last:
             module.to(memory_format=torch.channels_last)
-    prepared = Prepared(recipe, model, train_data, test_data)
-    _prepare_metrics(prepared, plugins or default_plugins())
-    return prepared
-
-
-def _prepare_metrics(prepared: Prepared, plugins: PluginSet) -> None:
-    """Build the scheduled and report metrics, and refuse what cannot work before training starts."""
-    recipe, ctx = prepared.recipe, prepared.model.context
-    ev = recipe.eval
-    if ev.best and not ev.every:
-        problem = f"$.eval.best: {ev.best!r} needs scheduled metrics: set $.eval.every > 0"
-        raise RecipeError([problem], source=recipe.source)
-    if ev.every:
-        if not ev.metric_names:
-            raise RecipeError(["$.eval.metrics: $.eval.every is set but no metric is named"], source=recipe.source)
-        prepared.scheduled = build_metrics(recipe, plugins, ev.metric_names, ctx)
-        check_labels(prepared.scheduled, prepared.train_data, prepared.test_data)
-        if ev.best:
-            prepared.best = best_direction(ev.best, prepared.scheduled)
-    if ev.probe and getattr(prepared.test_data, "num_classes", 0) > 0:
-        if plugins.registry.get("metric", "probe") is None:
-            raise RecipeError(
-                ["$.eval.probe: the end-of-run report needs the 'probe' metric, which no loaded plugin registers; "
-                 "set eval.probe = false"],
-                source=recipe.source,
-            )
-        names = [name for name in REPORT_METRICS if plugins.registry.get("metric", name) is not None]
-        prepared.report = build_metrics(recipe, plugins, names, ctx)
-
-
-def open_data(recipe: Recipe, ctx: BuildContext) -> tuple[Any, Any]:
-    """The training and held-out splits of the recipe's data set."""
-    data_config = recipe.components["data"]
-    try:
-        return data_config.build(ctx, "train"), data_config.build(ctx, "test")
-    except BifamilyError:
-        raise
-    except Exception as exc:
-        raise DataError(f"$.data: building data set {recipe.kinds['data']!r} failed: {type(exc).__name__}: {exc}") from exc
+    return Prepared(
+        recipe, model, checked.train_data, checked.test_data,
+        scheduled=checked.scheduled, report=checked.report, best=checked.best,
+    )
 
 
 def choose_run_dir(recipe: Recipe, out: str | None, resume: bool) -> Path:
@@ -230,6 +186,13 @@ def report_lines(report: dict[str, Any]) -> list[str]:
                 f"{what} top-1 on held-out images: EMA encoder {100 * report[f'{metric}_top1']:.1f}% "
                 f"vs the same encoder at initialisation {100 * report[f'{metric}_top1_init']:.1f}%"
             )
+    if "judge_recognisable" in report:
+        lines.append(
+            f"sample judge ({100 * report['judge_accuracy']:.1f}% accurate on held-out images): "
+            f"{100 * report['judge_recognisable']:.1f}% of generated samples recognisable vs "
+            f"{100 * report['judge_recognisable_real']:.1f}% of held-out real images; class coverage "
+            f"{report['judge_coverage']:.2f} vs {report['judge_coverage_real']:.2f}; judge FD {report['judge_fd']:.2f}"
+        )
     return lines
 
 
@@ -292,7 +255,8 @@ def probe_report(
     final_records: Sequence[Record] = (),
 ) -> dict[str, Any]:
     """The end-of-run report as one metrics.jsonl record: the report metrics (linear probe, k-NN) of the
-    trained (EMA) encoder, ``probe_top1``, next to the same encoder at initialisation, ``probe_top1_init``.
+    trained (EMA) encoder, ``probe_top1``, next to the same encoder at initialisation, ``probe_top1_init``,
+    and every value of the ``eval.report_extra`` metrics, computed once on the EMA weights.
 
     Results the schedule computed at this step (same metrics, same settings) are reused, not recomputed.
     """
@@ -304,11 +268,15 @@ def probe_report(
     settings: dict[str, Any] = {}
     for suffix, encoder in (("", trained_encoder), ("_init", initial_encoder)):
         subject = make_subject(recipe, generator, encoder, model.prior, ctx, prepared.train_data, prepared.test_data)
-        pending = {name: metric for name, metric in prepared.report.items() if suffix or name not in reused}
+        names = [name for name in prepared.report if not suffix or name in REPORT_METRICS]
+        pending = {name: prepared.report[name] for name in names if suffix or name not in reused}
         results = {r.metric: r.result for r in evaluate(pending, subject, step)}
         if not suffix:
             results = {**reused, **results}
-        for name in prepared.report:
-            record[f"{name}_top1{suffix}"] = results[name].values[f"{name}_top1"]
+        for name in names:
+            if name in REPORT_METRICS:
+                record[f"{name}_top1{suffix}"] = results[name].values[f"{name}_top1"]
+            else:
+                record.update(results[name].values)
             settings[name] = results[name].settings  # the same for both encoders
     return {**record, "settings": settings}

@@ -1,0 +1,133 @@
+"""The pre-flight: every check a run makes before it builds its model for real and allocates memory.
+
+``bifamily run``, ``run --dry-run`` and ``validate`` all call :func:`preflight`, so what one refuses
+the others refuse too. The checks go cheapest first, and every problem found is reported at once:
+
+1. the recipe's structure, types and plugin names (when it is loaded: :func:`bifamily.recipe.load`);
+2. what depends on the device and the number of processes: the batch splits into
+   ``train.accumulation`` micro-steps on every rank, fp16 runs on CUDA only; the tensorboard
+   package when the run writes events;
+3. the data: both splits open (paths, files), the training split holds a batch;
+4. the evaluation: ``eval.best`` names a value of the scheduled metrics, the metrics build, the data
+   has labels where a metric needs them;
+5. the model, built on the meta device (shapes and parameter counts, no memory, no initial values):
+   each component's own checks of the sizes its config decides, what each declares against the
+   recipe, then a batch of two through G, E and D that proves the shapes agree end to end and that D
+   gives every score the loss needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+import attrs
+
+from bifamily.batchnorm import batch_norm_for
+from bifamily.build import Model, build_on_meta, make_context
+from bifamily.context import BuildContext
+from bifamily.distributed import World, config_problems, resolve_device
+from bifamily.errors import BifamilyError, DataError, RecipeError
+from bifamily.evaluation.metrics import Direction, Metric, best_direction, build_metrics, check_labels
+from bifamily.plugins import PluginSet, default_plugins
+from bifamily.recipe import REPORT_METRICS, Recipe
+from bifamily.tensorboard_events import missing_package_problems
+
+T = TypeVar("T")
+
+
+@attrs.define
+class Checked:
+    """What passed the pre-flight, for the run to use: the build context on the run's device, the
+    model on the meta device, both data splits, and the metrics of the schedule and of the report."""
+
+    recipe: Recipe
+    world: World
+    context: BuildContext
+    meta_model: Model
+    train_data: Any
+    test_data: Any
+    scheduled: dict[str, Metric] = attrs.field(factory=dict)  # run every `eval.every` steps
+    report: dict[str, Metric] = attrs.field(factory=dict)  # the end-of-run report's (empty: no report)
+    best: Direction | None = None  # direction of `eval.best`, when a best snapshot is kept
+
+
+def preflight(recipe: Recipe, world: World | None = None, plugins: PluginSet | None = None) -> Checked:
+    """Check ``recipe`` for this process of ``world`` (default: one process on ``run.device``);
+    raises one :class:`RecipeError` with every problem found, before anything is written."""
+    if world is None:
+        world = World(device=resolve_device(recipe.run.device))
+    plugins = plugins or default_plugins()
+    problems = config_problems(recipe.train, world.size, world.device)
+    if recipe.run.tensorboard:
+        problems += missing_package_problems()
+    ctx = make_context(recipe, world.device, batch_norm=batch_norm_for(world.device, world.size))
+    data = _attempt(lambda: _open_training_data(recipe, ctx), problems)
+    metrics = _attempt(lambda: _metrics(recipe, plugins, ctx, data), problems)
+    meta_model = _attempt(lambda: build_on_meta(recipe, ctx), problems)
+    if problems:
+        raise RecipeError(problems, source=recipe.source)
+    assert data is not None and metrics is not None and meta_model is not None
+    scheduled, report, best = metrics
+    return Checked(recipe, world, ctx, meta_model, *data, scheduled=scheduled, report=report, best=best)
+
+
+def _attempt(check: Callable[[], T], problems: list[str]) -> T | None:
+    """``check()``; or None, with the problems it raised added to ``problems``."""
+    try:
+        return check()
+    except RecipeError as exc:
+        problems.extend(exc.problems)
+    except BifamilyError as exc:
+        problems.extend(exc.lines())
+    return None
+
+
+def open_data(recipe: Recipe, ctx: BuildContext) -> tuple[Any, Any]:
+    """The training and held-out splits of the recipe's data set."""
+    data_config = recipe.components["data"]
+    try:
+        return data_config.build(ctx, "train"), data_config.build(ctx, "test")
+    except BifamilyError:
+        raise
+    except Exception as exc:
+        raise DataError(f"$.data: building data set {recipe.kinds['data']!r} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _open_training_data(recipe: Recipe, ctx: BuildContext) -> tuple[Any, Any]:
+    train_data, test_data = open_data(recipe, ctx)
+    if len(train_data) < recipe.train.batch_size:
+        raise DataError(
+            f"$.train.batch_size: {recipe.train.batch_size} is larger than the training split "
+            f"({len(train_data)} images)"
+        )
+    return train_data, test_data
+
+
+def _metrics(
+    recipe: Recipe, plugins: PluginSet, ctx: BuildContext, data: tuple[Any, Any] | None
+) -> tuple[dict[str, Metric], dict[str, Metric], Direction | None]:
+    """The scheduled metrics, the report's and the direction of ``eval.best``; refuses what cannot
+    work before training starts. Without ``data`` (it did not open) the checks that need it are skipped."""
+    ev = recipe.eval
+    scheduled: dict[str, Metric] = {}
+    report: dict[str, Metric] = {}
+    best = None
+    if ev.best and not ev.every:
+        raise RecipeError([f"$.eval.best: {ev.best!r} needs scheduled metrics: set $.eval.every > 0"])
+    if ev.every:
+        if not ev.metric_names:
+            raise RecipeError(["$.eval.metrics: $.eval.every is set but no metric is named"])
+        scheduled = build_metrics(recipe, plugins, ev.metric_names, ctx)
+        if data is not None:
+            check_labels(scheduled, *data)
+        if ev.best:
+            best = best_direction(ev.best, scheduled)
+    if ev.probe and data is not None and getattr(data[1], "num_classes", 0) > 0:
+        if plugins.registry.get("metric", "probe") is None:
+            raise RecipeError(
+                ["$.eval.probe: the end-of-run report needs the 'probe' metric, which no loaded plugin registers; "
+                 "set eval.probe = false"]
+            )
+        names = [name for name in (*REPORT_METRICS, *ev.report_extra_names) if plugins.registry.get("metric", name) is not None]
+        report = build_metrics(recipe, plugins, names, ctx)
+    return scheduled, report, best
