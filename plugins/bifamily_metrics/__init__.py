@@ -1,4 +1,4 @@
-"""Built-in metrics (linear probe, k-NN, IS/FID/KID, reconstruction) and feature networks.
+"""Built-in metrics (linear probe, k-NN, IS/FID/KID, reconstruction, sample judge) and feature networks.
 
 Each config class's docstring is the metric's protocol; docs/evaluation.md collects them.
 """
@@ -6,6 +6,7 @@ Each config class's docstring is the metric's protocol; docs/evaluation.md colle
 from bifamily.hookspecs import hookimpl
 
 from .generation import FidConfig
+from .judge import JudgeConfig
 from .networks import InceptionConfig, RandomConvConfig
 from .reconstruction import ReconstructionConfig
 from .representation import KnnConfig, LinearProbeConfig
@@ -17,6 +18,7 @@ def bifamily_register_metrics(register):
     register("knn", KnnConfig)
     register("fid", FidConfig)
     register("recon", ReconstructionConfig)
+    register("judge", JudgeConfig)
 
 
 @hookimpl

@@ -133,7 +133,7 @@ def subject(train, test, generator=None):
 
 
 def test_builtin_metrics_and_feature_networks_are_registered(plugins):
-    assert {"probe", "knn", "fid", "recon", "constant"} <= set(plugins.registry.names("metric"))
+    assert {"probe", "knn", "fid", "recon", "judge", "constant"} <= set(plugins.registry.names("metric"))
     assert {"inception", "random_conv"} <= set(plugins.registry.names("feature_network"))
     assert plugins.registry.get("metric", "probe").plugin == "metrics"
 
@@ -149,7 +149,7 @@ def test_bad_metric_settings_name_their_keys(plugins):
     with pytest.raises(RecipeError) as raised:
         recipe(plugins, "eval.metrics=probe,nope", "metrics.knn.k=0", "metrics.other.x=1", "metrics.probe.features=pixels")
     problems = "\n".join(raised.value.problems)
-    assert "$.eval.metrics: unknown metric 'nope' (installed: constant, fid, knn, probe, recon)" in problems
+    assert "$.eval.metrics: unknown metric 'nope' (installed: constant, fid, judge, knn, probe, recon)" in problems
     assert "$.metrics.knn.k: must be > 0, got 0" in problems
     assert "$.metrics.other: unknown metric 'other'" in problems
     assert "$.metrics.probe.features: must be one of 'pooled', 'posterior_mean'" in problems
