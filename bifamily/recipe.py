@@ -161,12 +161,26 @@ class EvalConfig:
         "keeps the best snapshot; empty: none.",
     )
     batch_size: int = option(256, help="Images per forward pass when metrics extract features or generate samples.", validator=positive)
+    report_extra: str = option(
+        "",
+        help="Comma-separated metrics the end-of-run report adds, computed once on the EMA weights (e.g. 'judge': "
+        "sample quality next to held-out real images).",
+    )
 
     @property
     def metric_names(self) -> list[str]:
         """The names in ``metrics``, in order, without blanks or repeats."""
-        names = [name.strip() for name in self.metrics.split(",")]
-        return list(dict.fromkeys(name for name in names if name))
+        return _names(self.metrics)
+
+    @property
+    def report_extra_names(self) -> list[str]:
+        """The names in ``report_extra``, in order, without blanks or repeats."""
+        return _names(self.report_extra)
+
+
+def _names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    return list(dict.fromkeys(name for name in names if name))
 
 
 @attrs.frozen
@@ -200,7 +214,8 @@ FRAMEWORK_SECTIONS: dict[str, type] = {
 }
 # Sections of per-name settings of evaluation plugins: [metrics.probe], [feature_networks.inception].
 NAMED_SECTIONS: dict[str, str] = {"metrics": "metric", "feature_networks": "feature_network"}
-# Metrics the end-of-run report ([eval] probe) runs.
+# Metrics the end-of-run report ([eval] probe) runs on the trained encoder and on the same encoder at
+# initialisation; `eval.report_extra` names more, run once.
 REPORT_METRICS = ("probe", "knn")
 
 
@@ -457,16 +472,17 @@ def _structure_named(table: Any, section: str, kind: str, plugins: PluginSet, pr
 
 def _add_named_metrics(eval_config: EvalConfig, configs: dict[str, Any], plugins: PluginSet, problems: list[str]) -> None:
     """Resolve the metrics [eval] names (and the report's) with default settings where none are given."""
-    wanted = [(name, True) for name in eval_config.metric_names]
+    wanted = [(name, "$.eval.metrics") for name in eval_config.metric_names]
+    wanted += [(name, "$.eval.report_extra") for name in eval_config.report_extra_names]
     if eval_config.probe:
-        wanted += [(name, False) for name in REPORT_METRICS]
-    for name, required in wanted:
+        wanted += [(name, None) for name in REPORT_METRICS]
+    for name, key in wanted:
         if name in configs:
             continue
         entry = plugins.registry.get("metric", name)
         if entry is None:
-            if required:
-                problems.append(f"$.eval.metrics: unknown metric {name!r} ({_installed(plugins, 'metric')})")
+            if key is not None:
+                problems.append(f"{key}: unknown metric {name!r} ({_installed(plugins, 'metric')})")
             continue
         try:
             configs[name] = structure({}, entry.config_cls, f"$.metrics.{name}")

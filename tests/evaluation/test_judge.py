@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,13 +18,16 @@ from torch import nn
 
 from bifamily.checkpoint import read_snapshot
 from bifamily.context import BuildContext
-from bifamily.errors import DataError
+from bifamily.errors import DataError, RecipeError
 from bifamily.evaluation.judge import JudgeArchitecture, JudgeTraining, coverage, load_images, new_judge, train_judge
 from bifamily.evaluation.judge_cache import save_judge
 from bifamily.evaluation.metrics import MetricContext, Subject, check_labels
 from bifamily.interfaces import LatentPrior
-from bifamily.recipe import EvalConfig
+from bifamily.plugins import load_plugins
+from bifamily.recipe import EvalConfig, load
+from bifamily.session import report_lines
 
+QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.toml"
 CTX = BuildContext(resolution=16, channels=1, latent_dim=4)
 DATA = ProceduralConfig(resolution=16, channels=1, classes=4, train_size=2000, test_size=400)
 FAST = dict(samples=200, real_images=200, train_images=2000, steps=150, batch_size=64, width=8, kid_subsets=10,
@@ -185,3 +189,13 @@ def test_a_data_set_without_labels_is_refused_naming_the_metric(splits, tmp_path
         judge.compute(subject((Unlabelled(), Unlabelled()), torch.zeros(4, 1, 16, 16)))
     assert not list(tmp_path.iterdir())
 
+
+def test_the_report_refuses_an_unknown_extra_metric_and_prints_the_judge_beside_real_images():
+    with pytest.raises(RecipeError, match=r"\$\.eval\.report_extra: unknown metric 'nope'"):
+        load(QUICKSTART, load_plugins(), ["eval.report_extra=judge,nope"])
+    report = {"run_dir": "runs/x", "judge_recognisable": 0.25, "judge_recognisable_real": 0.98, "judge_coverage": 0.5,
+              "judge_coverage_real": 1.0, "judge_accuracy": 0.97, "judge_fd": 3.0}
+    assert report_lines(report)[1] == (
+        "sample judge (97.0% accurate on held-out images): 25.0% of generated samples recognisable vs 98.0% of "
+        "held-out real images; class coverage 0.50 vs 1.00; judge FD 3.00"
+    )
