@@ -7,11 +7,11 @@
 Each seed is one `bifamily run RECIPE --set run.seed=S --set train.precision="fp32"` (a subprocess with
 `--threads` torch threads, exactly as a user runs it; fp32 is forced because the time budget must hold
 on a CPU without bf16 in hardware). Its wall time is measured end to end, start-up and end-of-run
-report included. From the report the table reads the EMA encoder's linear probe and k-NN next to the
-same encoder at initialisation, and the sample judge's recognisability (also as a share of the real
-images'), coverage, Fréchet distance and KID of the EMA generator's samples; the last row gives the
-judge's figures for held-out real images. Runs go one at a time by default, so each wall time is that
-of a machine running nothing else.
+report included. From the report (and the metrics scheduled at the last step) the table reads the
+EMA encoder's linear probe and k-NN next to the same encoder at initialisation, and the sample
+judge's recognisability (also as a share of the real images'), coverage, Fréchet distance and KID of
+the EMA generator's samples; the last row gives the judge's figures for held-out real images. Runs go
+one at a time by default, so each wall time is that of a machine running nothing else.
 
 When the MNIST test split is present (`--mnist`, default ../shared/data/mnist), every seed also trains
 the same recipe on MNIST through `bench/mnist_probe.py` and reports its encoder against its
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import result_file  # bench/result_file.py: the script's own folder is on sys.path
-from run_reports import read_report
+from run_reports import final_values, read_report
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "quickstart_seeds.json"
@@ -185,10 +185,10 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         seconds = train(args, seed)
-        report = read_report(args.runs / f"seed{seed}")
+        report = final_values(args.runs / f"seed{seed}")
         rows.append({"seed": seed, **row_of(report, seconds)})
     stats = summary(rows)
-    real = real_row(read_report(args.runs / f"seed{args.seeds[0]}"))
+    real = real_row(final_values(args.runs / f"seed{args.seeds[0]}"))
     print(format_table(rows, stats, real))
     mnist_rows = []
     if not args.skip_mnist and args.mnist.is_dir():

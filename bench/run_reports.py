@@ -14,3 +14,17 @@ def read_report(folder: Path) -> dict[str, Any] | None:
         return None
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return next((r for r in reversed(records) if r.get("metric") == "report"), None)
+
+
+def final_values(folder: Path) -> dict[str, Any] | None:
+    """The end-of-run report merged over the values of the metrics scheduled at the last step (the
+    report's own values win); None when the run has not finished."""
+    report = read_report(folder)
+    if report is None:
+        return None
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    last = [r for r in records if r.get("step") == report["step"] and r.get("metric") != "report"]
+    merged: dict[str, Any] = {}
+    for record in last:
+        merged.update({key: value for key, value in record.items() if key not in ("step", "metric", "settings")})
+    return {**merged, **report}
