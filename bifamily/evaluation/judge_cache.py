@@ -23,7 +23,7 @@ from bifamily.checkpoint import load_modules, read_snapshot, save_snapshot
 from bifamily.errors import CheckpointError
 from bifamily.evaluation.judge import JudgeArchitecture, JudgeNet, new_judge
 
-FORMAT = "bifamily.judge/1"
+FORMAT = "bifamily.judge/2"  # 2: per-image normalised input, max pool, stride-2 first layer
 SUBFOLDER = "judges"
 _MODULE = "judge"
 _FINGERPRINT_IMAGES = 32  # per split

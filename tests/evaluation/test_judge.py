@@ -129,7 +129,7 @@ def test_a_second_metric_reuses_the_cached_judge_without_training(judged, splits
     assert metric(cache, confidence=0.5).compute(subject(splits, held_out[0])).values == values["real"]
     assert path.stat().st_mtime_ns == written
     metadata = read_snapshot(path)[1]
-    assert metadata["judge_format"] == "bifamily.judge/1" and len(metadata["fingerprint"]) == 64
+    assert metadata["judge_format"] == "bifamily.judge/2" and len(metadata["fingerprint"]) == 64
     assert float(metadata["heldout_accuracy"]) == values["real"]["judge_accuracy"]
 
 
