@@ -7,11 +7,12 @@
 Each seed is one `bifamily run RECIPE --set run.seed=S --set train.precision="fp32"` (a subprocess with
 `--threads` torch threads, exactly as a user runs it; fp32 is forced because the time budget must hold
 on a CPU without bf16 in hardware). Its wall time is measured end to end, start-up and end-of-run
-report included. From the report (and the metrics scheduled at the last step) the table reads the
-EMA encoder's linear probe and k-NN next to the same encoder at initialisation, and the sample
-judge's recognisability (also as a share of the real images'), coverage, Fréchet distance and KID of
-the EMA generator's samples; the last row gives the judge's figures for held-out real images. Runs go
-one at a time by default, so each wall time is that of a machine running nothing else.
+report included. From every value recorded at the last step (the report, metrics scheduled then, and
+`bifamily eval` results added later, the latest winning) the table reads the EMA encoder's linear
+probe and k-NN next to the same encoder at initialisation, and the sample judge's recognisability
+(also as a share of the real images'), coverage, Fréchet distance and KID of the EMA generator's
+samples; the last row gives the judge's figures for held-out real images. Runs go one at a time by
+default, so each wall time is that of a machine running nothing else.
 
 When the MNIST test split is present (`--mnist`, default ../shared/data/mnist), every seed also trains
 the same recipe on MNIST through `bench/mnist_probe.py` and reports its encoder against its

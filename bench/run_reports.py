@@ -17,14 +17,15 @@ def read_report(folder: Path) -> dict[str, Any] | None:
 
 
 def final_values(folder: Path) -> dict[str, Any] | None:
-    """The end-of-run report merged over the values of the metrics scheduled at the last step (the
-    report's own values win); None when the run has not finished."""
+    """Every value recorded at the run's last step, the end-of-run report's and the metrics' scheduled
+    then or added later by `bifamily eval`, a later record's value winning; None when the run has not
+    finished."""
     report = read_report(folder)
     if report is None:
         return None
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    last = [r for r in records if r.get("step") == report["step"] and r.get("metric") != "report"]
-    merged: dict[str, Any] = {}
-    for record in last:
-        merged.update({key: value for key, value in record.items() if key not in ("step", "metric", "settings")})
-    return {**merged, **report}
+    merged: dict[str, Any] = {"step": report["step"]}
+    for record in records:
+        if record.get("step") == report["step"]:
+            merged.update({key: value for key, value in record.items() if key not in ("step", "metric", "settings")})
+    return merged

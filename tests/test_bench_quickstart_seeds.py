@@ -73,3 +73,18 @@ def test_two_seeds_end_to_end_in_fp32_and_finished_runs_are_reused(tmp_path):
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("reusing") == 2
     assert json.loads((tmp_path / "out.json").read_text())["runs"][0]["wall_seconds"] is None
+
+
+def test_final_values_merge_everything_at_the_last_step_the_latest_record_winning(monkeypatch, tmp_path):
+    load_bench_script(monkeypatch, "quickstart_seeds")
+    from run_reports import final_values
+
+    records = [
+        {"step": 50, "metric": "judge", "judge_recognisable": 0.1},
+        {"step": 100, "metric": "judge", "judge_recognisable": 0.2, "judge_fd": 9.0, "settings": {}},
+        {"step": 100, "metric": "report", "probe_top1": 0.4, "judge_recognisable": 0.3},
+        {"step": 100, "metric": "judge", "judge_recognisable": 0.5},  # a later `bifamily eval`
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert final_values(tmp_path) == {"step": 100, "probe_top1": 0.4, "judge_recognisable": 0.5, "judge_fd": 9.0}
+    assert final_values(tmp_path / "missing") is None
