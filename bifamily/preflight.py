@@ -13,14 +13,18 @@ the others refuse too. The checks go cheapest first, and every problem found is 
 5. the model, built on the meta device (shapes and parameter counts, no memory, no initial values):
    each component's own checks of the sizes its config decides, what each declares against the
    recipe, then a batch of two through G, E and D that proves the shapes agree end to end and that D
-   gives every score the loss needs.
+   gives every score the loss needs;
+6. the memory: the weights a run must hold (weights, gradients, Adam's two moments, the EMA copies of
+   G and E, in float32) fit in the device's memory.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, TypeVar
 
 import attrs
+import torch
 
 from bifamily.batchnorm import batch_norm_for
 from bifamily.build import Model, build_on_meta, make_context
@@ -64,11 +68,41 @@ def preflight(recipe: Recipe, world: World | None = None, plugins: PluginSet | N
     data = _attempt(lambda: _open_training_data(recipe, ctx), problems)
     metrics = _attempt(lambda: _metrics(recipe, plugins, ctx, data), problems)
     meta_model = _attempt(lambda: build_on_meta(recipe, ctx), problems)
+    if meta_model is not None:
+        problems += memory_problems(meta_model, world.device)
     if problems:
         raise RecipeError(problems, source=recipe.source)
     assert data is not None and metrics is not None and meta_model is not None
     scheduled, report, best = metrics
     return Checked(recipe, world, ctx, meta_model, *data, scheduled=scheduled, report=report, best=best)
+
+
+FLOAT32_COPIES = 4  # weights, gradients and Adam's two moments; G and E add one EMA copy each
+GIB = 2**30
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory of ``device``: the GPU's, or the machine's RAM for the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def memory_problems(model: Model, device: torch.device) -> list[str]:
+    """A problem naming the largest component when the run's float32 weights alone cannot fit in the
+    device's memory (activations come on top, so passing says little; failing is certain)."""
+    counts = {name: sum(t.numel() for t in (*module.parameters(), *module.buffers())) for name, module in model.modules().items()}
+    copies = {name: FLOAT32_COPIES + (name in ("generator", "encoder")) for name in counts}
+    needed = 4 * sum(counts[name] * copies[name] for name in counts)
+    available = device_memory(device)
+    if needed <= available:
+        return []
+    largest = max(counts, key=counts.get)
+    return [
+        f"$.{largest}: the run's weights alone need {needed / GIB:,.1f} GiB (weights, gradients, Adam's moments "
+        f"and EMA copies in float32; {largest} holds {counts[largest]:,} of the {sum(counts.values()):,} numbers), "
+        f"more than the {available / GIB:,.1f} GiB of {device}"
+    ]
 
 
 def _attempt(check: Callable[[], T], problems: list[str]) -> T | None:

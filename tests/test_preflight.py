@@ -79,3 +79,20 @@ def test_preflight_builds_nothing_for_real():
         assert {t.device.type for t in (*module.parameters(), *module.buffers())} == {"meta"}
     assert checked.context.device == torch.device("cpu")
     assert len(checked.train_data) >= checked.recipe.train.batch_size and checked.report
+
+
+def test_the_memory_check_counts_four_float32_copies_and_an_ema_of_g_and_e(monkeypatch):
+    import bifamily.preflight as preflight_module
+
+    checked = preflight(load(QUICKSTART, default_plugins(), ['run.device="cpu"']))
+    counts = {
+        name: sum(t.numel() for t in (*module.parameters(), *module.buffers()))
+        for name, module in checked.meta_model.modules().items()
+    }
+    needed = 4 * (4 * sum(counts.values()) + counts["generator"] + counts["encoder"])
+    monkeypatch.setattr(preflight_module, "device_memory", lambda device: needed)
+    assert preflight_module.memory_problems(checked.meta_model, torch.device("cpu")) == []
+    monkeypatch.setattr(preflight_module, "device_memory", lambda device: needed - 1)
+    [problem] = preflight_module.memory_problems(checked.meta_model, torch.device("cpu"))
+    largest = max(counts, key=counts.get)
+    assert problem.startswith(f"$.{largest}: the run's weights alone need ") and "of cpu" in problem
