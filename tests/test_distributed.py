@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 from torch import nn
 
-from bifamily import session
+from bifamily import preflight, session
 from bifamily.build import make_context
 from bifamily.cli import main
 from bifamily.data import BatchLayout
@@ -217,7 +217,7 @@ def test_accumulation_equals_one_big_batch_without_batch_norm(tmp_path, monkeypa
     """With batch norm, micro-steps normalise over their own images; without it (and without spectral
     norm's extra power iterations per micro-step), accumulating equals one big batch."""
     no_batch_norm = lambda num_features, affine=True: nn.Identity()  # noqa: E731
-    monkeypatch.setattr(session, "make_context", lambda recipe, device, **kw: make_context(recipe, device, **{**kw, "batch_norm": no_batch_norm}))
+    monkeypatch.setattr(preflight, "make_context", lambda recipe, device, **kw: make_context(recipe, device, **{**kw, "batch_norm": no_batch_norm}))
     # Adam's eps 1e-3: with a tiny eps, Adam turns last-bit differences in near-zero bias gradients
     # (summation order differs between the two) into learning-rate-sized steps (4e-5 apart here).
     common = ["--set", "run.steps=2", "--set", "discriminator.spectral_norm=false", "--set", "optim.eps=1e-3"]

@@ -121,7 +121,7 @@ def test_extends_merges_and_a_changed_kind_replaces_the_table(tmp_path, plugins)
     child.parent.mkdir()
     child.write_text('extends = "../base.toml"\n[run]\nsteps = 7\n[posterior]\nkind = "deterministic"\n')
     recipe = load(child, plugins)
-    assert recipe.run.steps == 7 and recipe.run.log_every == 25  # merged
+    assert recipe.run.steps == 7 and recipe.run.log_every == 50  # merged
     assert recipe.kinds["posterior"] == "deterministic"
     assert recipe.run.name == "quickstart"  # from the base
 

@@ -293,5 +293,6 @@ def test_latest_step_names_the_step_of_the_latest_checkpoint(tmp_path):
     manager = CheckpointManager(tmp_path / "checkpoints")
     assert manager.latest_step() is None
     (tmp_path / "checkpoints" / "step-00000120").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "step-00000120" / "snapshot.safetensors").write_bytes(b"")  # an empty folder is none
     (tmp_path / "checkpoints" / "latest").write_text("step-00000120")
     assert manager.latest_step() == 120

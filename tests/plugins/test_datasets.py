@@ -25,6 +25,7 @@ from bifamily_datasets import ImageFolderConfig, MnistConfig, ProceduralConfig
 from bifamily_datasets.counter_rng import uniforms
 from bifamily_datasets.crops import UNIFORMS_PER_CROP, distorted, random_resized
 from bifamily_datasets.shapes import SHAPES
+from bifamily_datasets.torchvision_sets import TorchvisionConfig
 
 CONFIGS = [ProceduralConfig, MnistConfig, ImageFolderConfig]
 MNIST_DIR = Path("/work/shared/data/mnist")
@@ -48,13 +49,14 @@ def items(dataset, indices) -> tuple[torch.Tensor, list[int]]:
 # --- registration and the shared contract ---------------------------------------------------------
 
 
-def test_registers_the_three_data_sets() -> None:
+def test_registers_the_four_data_kinds() -> None:
     registered: dict[str, type] = {}
     bifamily_datasets.bifamily_register_datasets(register=registered.__setitem__)
     assert registered == {
         "procedural": ProceduralConfig,
         "mnist": MnistConfig,
         "image_folder": ImageFolderConfig,
+        "torchvision": TorchvisionConfig,
     }
 
 
