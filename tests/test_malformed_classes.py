@@ -19,7 +19,8 @@ from tiny_model import TINY_MODEL
 
 PLUGINS = default_plugins()
 BASE = from_dict(tomllib.loads(TINY_MODEL), PLUGINS).to_dict()
-SETTINGS = [(section, key) for section, table in BASE.items() for key in table if key != "kind"]
+# Scalar and array settings: a table-valued one (the options of one metric) takes a table.
+SETTINGS = [(section, key) for section, table in BASE.items() for key in table if key != "kind" and not isinstance(table[key], dict)]
 
 
 def nested(depth: int, leaf, as_table: bool):
