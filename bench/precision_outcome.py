@@ -20,18 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shlex
 import statistics
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import result_file  # bench/result_file.py: the script's own folder is on sys.path
-from run_reports import read_report
+from run_reports import read_report, train_run
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "precision_outcome.json"
@@ -53,21 +49,7 @@ def run_dir(args: argparse.Namespace, precision: str, seed: int | str) -> Path:
 
 def train(args: argparse.Namespace, precision: str, seed: int) -> float | None:
     """Train one run (unless it has a report already); its wall-clock seconds, None when reused."""
-    folder = run_dir(args, precision, seed)
-    if read_report(folder) is not None:
-        print(f"reusing {folder}", flush=True)
-        return None
-    if folder.exists():
-        raise SystemExit(f"error: {folder} exists without an end-of-run report: remove it to train it again")
-    command = run_command(args, precision, seed)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "bifamily", *command[1:]], cwd=REPO, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"error: {shlex.join(command)} exited {result.returncode}:\n{result.stderr[-2000:]}")
-    seconds = time.perf_counter() - start
-    print(f"trained {folder} in {seconds:.0f} s", flush=True)
-    return seconds
+    return train_run(run_command(args, precision, seed), run_dir(args, precision, seed), args.threads)
 
 
 def outcome(folder: Path) -> dict[str, float]:

@@ -29,12 +29,11 @@ import shlex
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import result_file  # bench/result_file.py: the script's own folder is on sys.path
-from run_reports import final_values, read_report
+from run_reports import final_values, train_run
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "quickstart_seeds.json"
@@ -64,21 +63,7 @@ def run_command(args: argparse.Namespace, seed: int | str) -> list[str]:
 
 def train(args: argparse.Namespace, seed: int) -> float | None:
     """Train one seed (unless its run has a report already): its end-to-end wall seconds, None if reused."""
-    folder = args.runs / f"seed{seed}"
-    if read_report(folder) is not None:
-        print(f"reusing {folder}", flush=True)
-        return None
-    if folder.exists():
-        raise SystemExit(f"error: {folder} exists without an end-of-run report: remove it to train it again")
-    command = run_command(args, seed)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "bifamily", *command[1:]], cwd=REPO, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"error: {shlex.join(command)} exited {result.returncode}:\n{result.stderr[-2000:]}")
-    seconds = time.perf_counter() - start
-    print(f"seed {seed}: {seconds:.0f} s end to end", flush=True)
-    return seconds
+    return train_run(run_command(args, seed), args.runs / f"seed{seed}", args.threads)
 
 
 def row_of(report: dict[str, Any], seconds: float | None) -> dict[str, Any]:
