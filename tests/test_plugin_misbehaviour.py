@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-import textwrap
 import types
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from torch import nn
 from bifamily.cli import main
 from bifamily.evaluation.plots import plot_run
 from bifamily.interfaces import Loss, Scores
-from bifamily.plugins import AUTOLOAD_ENV, BLOCK_ENV, default_plugins
+from bifamily.plugins import BLOCK_ENV, default_plugins
 from bifamily.runlog import ProgressLines
 from bifamily.testing import check_generator, check_plugin, check_prior
 from bifamily.testing.losses import check_loss_on
@@ -36,26 +34,6 @@ def recipe(tmp_path) -> Path:
     return path
 
 
-@pytest.fixture
-def third_party(tmp_path, monkeypatch):
-    """Install fake distributions (module + dist-info on sys.path) and load plugins afresh."""
-    site = tmp_path / "site"
-    site.mkdir()
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
-
-    def install(distribution: str, module: str, source: str) -> None:
-        (site / f"{module}.py").write_text(textwrap.dedent(source))
-        info = site / f"{distribution.replace('-', '_')}-1.0.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 1.0\n")
-        (info / "entry_points.txt").write_text(f"[bifamily]\n{module} = {module}\n")
-
-    default_plugins.cache_clear()
-    yield install
-    default_plugins.cache_clear()
-    for name in [m for m in sys.modules if m.startswith("thirdparty_")]:
-        del sys.modules[name]
 
 
 def invoke(*args: str):

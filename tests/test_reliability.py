@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from safetensors.torch import load_file
 import bifamily.checkpoint as checkpoint
 from bifamily.checkpoint import RESUME_FILE, SNAPSHOT_FILE
 from bifamily.cli import main
-from bifamily.plugins import AUTOLOAD_ENV, BLOCK_ENV, default_plugins
+from bifamily.plugins import BLOCK_ENV, default_plugins
 from bifamily.stopping import DUPLICATE_WINDOW_S, StopSignals
 from bifamily.train import Trainer
 
@@ -466,26 +465,6 @@ def test_no_decodable_training_image_in_a_loader_worker_is_one_clear_line(recipe
 # -- broken plugins ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def third_party(tmp_path, monkeypatch):
-    """Install fake distributions (module + dist-info on sys.path) and load plugins afresh."""
-    site = tmp_path / "site"
-    site.mkdir()
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
-
-    def install(distribution: str, module: str, source: str) -> None:
-        (site / f"{module}.py").write_text(textwrap.dedent(source))
-        info = site / f"{distribution.replace('-', '_')}-1.0.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 1.0\n")
-        (info / "entry_points.txt").write_text(f"[bifamily]\n{module} = {module}\n")
-
-    default_plugins.cache_clear()
-    yield install
-    default_plugins.cache_clear()
-    for name in [m for m in sys.modules if m.startswith("thirdparty_")]:
-        del sys.modules[name]
 
 
 def test_broken_plugins_are_named_listed_as_failed_and_do_not_take_the_others_down(recipe, third_party, monkeypatch):
