@@ -26,7 +26,7 @@ from bifamily.recipe import load
 from bifamily.session import prepare
 from bifamily.train import Trainer, make_state
 
-recipe = load("recipes/quickstart.toml", default_plugins(), ["train.precision=fp32", sys.argv[1]])
+recipe = load("recipes/quickstart.toml", default_plugins(), ["train.precision=fp32", "train.batch_size=64", "generator.ch=32", sys.argv[1]])
 with tempfile.TemporaryDirectory() as run_dir:
     prepared = prepare(recipe)
     trainer = Trainer(recipe, make_state(recipe, prepared.model, prepared.train_data), Path(run_dir), progress=False)
