@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torchvision.utils import make_grid, save_image
 
 MIN_TILE = 96
 BORDER = 2
@@ -30,9 +29,13 @@ def grid_picture(images: torch.Tensor, nrow: int) -> torch.Tensor:
     if factor > 1:
         images = F.interpolate(images, scale_factor=factor, mode="nearest")
     images = ((images + 1.0) / 2.0).clamp_(0.0, 1.0)
+    from torchvision.utils import make_grid  # torchvision's import costs seconds: only when drawing
+
     return make_grid(images, nrow=nrow, padding=BORDER, pad_value=1.0)
 
 
 def write_grid(path: Path, images: torch.Tensor, nrow: int) -> None:
     """Save :func:`grid_picture` of ``images`` as a PNG at ``path`` (its folder must exist)."""
+    from torchvision.utils import save_image
+
     save_image(grid_picture(images, nrow), path)

@@ -14,7 +14,6 @@ from pathlib import Path
 import attrs
 import torch
 from PIL import Image, ImageOps
-from torchvision.transforms.v2.functional import horizontal_flip, pil_to_tensor
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
@@ -91,5 +90,7 @@ def load_crop(
         inner = (left - outer[0], top - outer[1], right - outer[0], bottom - outer[1])
         size = (resolution, resolution)
         square = upright.crop(outer).resize(size, Image.Resampling.BILINEAR, box=inner)
+    from torchvision.transforms.v2.functional import horizontal_flip, pil_to_tensor  # costly import: on first use
+
     pixels = pil_to_tensor(square)
     return horizontal_flip(pixels) if crop.flip else pixels

@@ -3,6 +3,8 @@ two refuse as well, with the same one-line, keyed error, exit code 2, and nothin
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,3 +98,16 @@ def test_the_memory_check_counts_four_float32_copies_and_an_ema_of_g_and_e(monke
     [problem] = preflight_module.memory_problems(checked.meta_model, torch.device("cpu"))
     largest = max(counts, key=counts.get)
     assert problem.startswith(f"$.{largest}: the run's weights alone need ") and "of cpu" in problem
+
+
+def test_validating_imports_no_torchvision():
+    """torchvision's import (with torch._dynamo's, which it pulls in) costs seconds of a command's start;
+    the pre-flight needs neither its images nor its data sets."""
+    script = (
+        "import sys; from click.testing import CliRunner; from bifamily.cli import main; "
+        f"result = CliRunner().invoke(main, ['validate', {str(QUICKSTART)!r}]); "
+        "assert result.exit_code == 0, result.output; print('torchvision' in sys.modules)"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "False"

@@ -12,7 +12,6 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.utils import save_image
 
 from bifamily.errors import BifamilyError
 
@@ -121,6 +120,8 @@ def filter_grid(weight: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def plot_filters(weight: torch.Tensor, out: Path) -> Path:
+    from torchvision.utils import save_image  # torchvision's import costs seconds: only when drawing
+
     tiles, nrow = filter_grid(weight)
     save_image(tiles, out, nrow=nrow, padding=2, pad_value=1.0)
     return out

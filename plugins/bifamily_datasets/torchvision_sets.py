@@ -13,21 +13,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch.utils.data import Dataset
-from torchvision.transforms.functional import center_crop, pil_to_tensor
 
 from bifamily.config import InvalidValue, one_of, option
 from bifamily.context import BuildContext
 from bifamily.errors import DataError, RecipeError
 
 from .common import channels_option, check_build, encoder_resolution_option, index_tensor, resolution_option, to_unit_range
+
+if TYPE_CHECKING:
+    import torchvision
 
 CELEBA_CROP = 140
 _GREY = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)  # ITU-R 601 luma, as PIL's "L" mode
@@ -116,6 +117,8 @@ class CelebAFaces(Dataset):
         return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
+        from torchvision.transforms.functional import center_crop, pil_to_tensor
+
         index = index_tensor(indices, len(self)).tolist()
         crops = [pil_to_tensor(center_crop(self.faces[i][0].convert("RGB"), CELEBA_CROP)) for i in index]
         images = project_format(torch.stack(crops), self.resolution, self.channels)
@@ -125,6 +128,8 @@ class CelebAFaces(Dataset):
 def project_format(pixels: torch.Tensor, resolution: int, channels: int) -> torch.Tensor:
     """uint8 (N, C, H, W) to float32 (N, channels, R, R) in [-1, 1]: centre square, antialiased resize,
     grey repeated to RGB or RGB reduced to luma."""
+    from torchvision.transforms.functional import center_crop
+
     pixels = pixels.to(torch.float32)
     side = min(pixels.shape[-2:])
     if pixels.shape[-2] != pixels.shape[-1]:
@@ -221,6 +226,8 @@ class TorchvisionConfig:
         root = Path(self.root).expanduser()
         if root.exists() and not root.is_dir():
             raise DataError(f"$.data.root: is a file, not a folder: {root}")
+        import torchvision.datasets  # torchvision's import costs seconds: only when a data set is opened
+
         cls = getattr(torchvision.datasets, source.class_name)
         if self.name in ("mnist", "fashion_mnist", "cifar10"):
             arguments: dict[str, Any] = {"train": split == "train"}
