@@ -12,6 +12,10 @@ Layouts, tried in this order:
 Image files are recognised by extension; hidden files and folders are skipped. A class folder is a
 sub-folder holding at least one image file at any depth. With class folders present, images lying
 directly in the same folder are ignored.
+
+Each split lists its files in the order of another hash of their paths, not class by class: the
+evaluations read a split's first images (probe, k-NN, reference statistics, reconstructions), and
+those are then a sample of every class rather than the first classes alone.
 """
 
 from __future__ import annotations
@@ -113,7 +117,23 @@ def _holdout_split(root: Path, split: str, fraction: float) -> FileList:
 
 
 def list_split(root: Path, split: str, holdout_fraction: float) -> FileList:
-    """The files of ``split`` ("train" or "test") under ``root``, by the layouts described above."""
+    """The files of ``split`` ("train" or "test") under ``root``, by the layouts described above, in
+    hashed order."""
+    return _hash_ordered(_listed(root, split, holdout_fraction), root)
+
+
+def _hash_ordered(files: FileList, root: Path) -> FileList:
+    """``files`` sorted by a hash of each path inside ``root`` (independent of the holdout's hash)."""
+
+    def key(index: int) -> bytes:
+        relative = files.paths[index].relative_to(root).as_posix().encode()
+        return hashlib.blake2b(relative, digest_size=8, person=b"order").digest()
+
+    order = sorted(range(len(files.paths)), key=key)
+    return FileList([files.paths[i] for i in order], [files.labels[i] for i in order], files.class_names)
+
+
+def _listed(root: Path, split: str, holdout_fraction: float) -> FileList:
     train_folder = root / "train"
     if not train_folder.is_dir():
         return _holdout_split(root, split, holdout_fraction)

@@ -394,6 +394,23 @@ def test_image_folder_labels_by_class_folder_and_splits_by_hashed_holdout(class_
     assert set(paths(test)) <= set(paths(grown))
 
 
+def test_image_folder_lists_a_split_in_hashed_order_so_its_first_images_span_the_classes(tmp_path: Path) -> None:
+    """Evaluations read a split's first images: listed class by class, they would all be class 0."""
+    root = tmp_path / "images"
+    for name in ("a", "b", "c", "d"):
+        for i in range(25):
+            (root / name).mkdir(parents=True, exist_ok=True)
+            (root / name / f"{i:02d}.png").write_bytes(b"")  # listing only: never decoded here
+    config = ImageFolderConfig(root=str(root), holdout_fraction=0.2)
+    train = config.build(ctx(), "train")
+    assert len(set(train.labels[:12].tolist())) == 4  # 12 of ~80: a class-by-class list gives one class
+    assert train.labels.tolist() == [["a", "b", "c", "d"].index(path.parent.name) for path in paths(train)]
+    assert paths(config.build(ctx(), "train")) == paths(train)  # the same order every time
+    (root / "a" / "new.png").write_bytes(b"")
+    grown = [path for path in paths(config.build(ctx(), "train")) if path.name != "new.png"]
+    assert grown == paths(train)  # adding a file moves no other one
+
+
 @pytest.mark.parametrize("resolution", [16, 32, 64])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_image_folder_converts_every_mode_to_the_context_shape(
@@ -450,7 +467,8 @@ def test_image_folder_imagenet_layout_uses_train_and_val(tmp_path: Path) -> None
     train, test = config.build(ctx(16), "train"), config.build(ctx(16), "test")
     assert (len(train), len(test)) == (6, 4)
     assert train.class_names == test.class_names == ["a_cat", "b_dog"]
-    assert test.labels.tolist() == [0, 0, 1, 1]
+    assert test.labels.tolist() == [["a_cat", "b_dog"].index(path.parent.name) for path in paths(test)]
+    assert sorted(test.labels.tolist()) == [0, 0, 1, 1]
     save_rgb(tmp_path / "val" / "zebra" / "0.png", 20, 20, (0, 0, 0))
     with pytest.raises(DataError, match=r"val/zebra: class folder not among the training classes"):
         config.build(ctx(16), "test")
