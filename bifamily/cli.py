@@ -184,6 +184,8 @@ def run(
     world = _world(resolved, nproc)
     checked = preflight(resolved, world)
     if dry_run:
+        if out is not None or resume:
+            choose_run_dir(resolved, out, resume)  # the run's refusals of --out and --resume; creates nothing
         click.echo(tomli_w.dumps(resolved.to_dict()), nl=False)
         return
     show_progress = sys.stderr.isatty() if progress is None else progress

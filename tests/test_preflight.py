@@ -62,6 +62,28 @@ def test_each_command_refuses_what_a_run_refuses(command, recipe, overrides, key
     assert list(tmp_path.iterdir()) == []
 
 
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+@pytest.mark.parametrize(
+    ("arguments", "holds_run", "message"),
+    [
+        (["--out", "run"], True, "--out run: holds a run already; add --resume"),
+        (["--out", "run", "--resume"], False, "--resume: no checkpoint in run/checkpoints"),
+        (["--resume"], False, "--resume: no run of 'quickstart' with a checkpoint under "),
+    ],
+    ids=["out holds a run", "resume without checkpoint", "resume without a run"],
+)
+def test_the_dry_run_refuses_the_run_directory_a_run_refuses(arguments, holds_run, message, dry_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if holds_run:
+        (tmp_path / "run" / "checkpoints" / "step-00000010").mkdir(parents=True)
+    before = sorted(tmp_path.rglob("*"))
+    command = ["run", str(QUICKSTART), *arguments, *(["--dry-run"] if dry_run else [])]
+    result = CliRunner().invoke(main, [*command, "--set", f"run.out_root={str(tmp_path / 'runs')!r}"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
+    assert sorted(tmp_path.rglob("*")) == before
+
 def test_every_problem_is_reported_at_once_data_and_model_alike(tmp_path):
     overrides = [
         f'data={{kind = "mnist", root = "{tmp_path / "nowhere"}"}}',
