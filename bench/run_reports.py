@@ -13,14 +13,17 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+WALL_TIME_FILE = "bench_wall_seconds.txt"  # written into a run folder by train_run
 
 
 def train_run(command: list[str], folder: Path, threads: int) -> float | None:
     """Run ``command`` (``bifamily run ... --out folder``) with ``threads`` torch threads unless
-    ``folder`` holds a finished run already; its wall-clock seconds, None when the run is reused."""
+    ``folder`` holds a finished run already: its wall-clock seconds end to end, those measured when it
+    was trained for a reused run (None if that is unknown)."""
     if read_report(folder) is not None:
         print(f"reusing {folder}", flush=True)
-        return None
+        recorded = folder / WALL_TIME_FILE
+        return float(recorded.read_text()) if recorded.is_file() else None
     if folder.exists():
         raise SystemExit(f"error: {folder} exists without an end-of-run report: remove it to train it again")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -29,6 +32,7 @@ def train_run(command: list[str], folder: Path, threads: int) -> float | None:
     if result.returncode != 0:
         raise SystemExit(f"error: {shlex.join(command)} exited {result.returncode}:\n{result.stderr[-2000:]}")
     seconds = time.perf_counter() - start
+    (folder / WALL_TIME_FILE).write_text(f"{seconds:.1f}\n")
     print(f"trained {folder} in {seconds:.0f} s end to end", flush=True)
     return seconds
 
@@ -55,3 +59,19 @@ def final_values(folder: Path) -> dict[str, Any] | None:
         if record.get("step") == report["step"]:
             merged.update({key: value for key, value in record.items() if key not in ("step", "metric", "settings")})
     return merged
+
+
+def row_of(report: dict[str, Any], seconds: float | None) -> dict[str, Any]:
+    """One seed's figures in percent (probe, k-NN, recognisability) from its end-of-run report."""
+    row: dict[str, Any] = {"wall_seconds": seconds}
+    for key, name in (("probe", "probe_top1"), ("knn", "knn_top1")):
+        row[f"{key}_init"] = 100 * report[f"{name}_init"]
+        row[key] = 100 * report[name]
+    row["probe_gain"] = row["probe"] - row["probe_init"]
+    if "judge_recognisable" in report:
+        row["recognisable"] = 100 * report["judge_recognisable"]
+        row["recognisable_ratio"] = report["judge_recognisable_ratio"]
+        row["coverage"] = report["judge_coverage"]
+        row["fd"] = report["judge_fd"]
+        row["kid"] = report["judge_kid"]
+    return row
