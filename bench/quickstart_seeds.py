@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import result_file  # bench/result_file.py: the script's own folder is on sys.path
-from run_reports import final_values, train_run
+from run_reports import final_values, row_of, train_run
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "quickstart_seeds.json"
@@ -64,22 +64,6 @@ def run_command(args: argparse.Namespace, seed: int | str) -> list[str]:
 def train(args: argparse.Namespace, seed: int) -> float | None:
     """Train one seed (unless its run has a report already): its end-to-end wall seconds, None if reused."""
     return train_run(run_command(args, seed), args.runs / f"seed{seed}", args.threads)
-
-
-def row_of(report: dict[str, Any], seconds: float | None) -> dict[str, Any]:
-    """One seed's figures in percent (probe, k-NN, recognisability) from its end-of-run report."""
-    row: dict[str, Any] = {"wall_seconds": seconds}
-    for key, name in (("probe", "probe_top1"), ("knn", "knn_top1")):
-        row[f"{key}_init"] = 100 * report[f"{name}_init"]
-        row[key] = 100 * report[name]
-    row["probe_gain"] = row["probe"] - row["probe_init"]
-    if "judge_recognisable" in report:
-        row["recognisable"] = 100 * report["judge_recognisable"]
-        row["recognisable_ratio"] = report["judge_recognisable_ratio"]
-        row["coverage"] = report["judge_coverage"]
-        row["fd"] = report["judge_fd"]
-        row["kid"] = report["judge_kid"]
-    return row
 
 
 def real_row(report: dict[str, Any]) -> dict[str, Any]:
