@@ -457,7 +457,7 @@ def plot(run_dir: str, out: str | None, overrides: tuple[str, ...]) -> None:
     Example:
       bifamily plot runs/00003-bigan
     """
-    from bifamily.checkpoint import CheckpointManager
+    from bifamily.checkpoint.manager import CheckpointManager
     from bifamily.evaluation.plots import plot_run
     from bifamily.evaluation.snapshots import is_run_dir
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from bifamily import __version__
-from bifamily.checkpoint import load_modules, save_snapshot
+from bifamily.checkpoint.snapshot import load_modules, save_snapshot
 from bifamily.build import build_model, make_context
 from bifamily.errors import BifamilyError
 from bifamily.evaluation.snapshots import find_snapshot, read_model_snapshot

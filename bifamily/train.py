@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from bifamily import __version__
 from bifamily.build import Model
-from bifamily.checkpoint import RESUME_FILE, CheckpointManager, restore
+from bifamily.checkpoint.manager import CheckpointManager
+from bifamily.checkpoint.resume import RESUME_FILE, restore
 from bifamily.data import BatchLayout, BatchStream
 from bifamily.distributed import Replicated, World
 from bifamily.ema import EMA, ema_decay

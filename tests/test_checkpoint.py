@@ -14,16 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-import bifamily.checkpoint as checkpoint
-from bifamily.checkpoint import (
-    RESUME_FILE,
-    SNAPSHOT_FILE,
-    CheckpointManager,
-    load_modules,
-    read_snapshot,
-    restore,
-    save_snapshot,
-)
+from bifamily.checkpoint import files
+from bifamily.checkpoint.manager import CheckpointManager
+from bifamily.checkpoint.resume import RESUME_FILE, restore
+from bifamily.checkpoint.snapshot import SNAPSHOT_FILE, load_modules, read_snapshot, save_snapshot
 from bifamily.errors import CheckpointError
 
 
@@ -345,25 +339,25 @@ class SimulatedCrash(BaseException):
     """The process dying: no `except Exception` handler runs."""
 
 
-FILESYSTEM_STEPS = ("_write_file", "_durable_replace", "_fsync_dir", "_remove", "_link_or_copy")
+FILESYSTEM_STEPS = ("write_file", "durable_replace", "fsync_dir", "remove", "link_or_copy")
 
 
 def install_crash(monkeypatch, crash_at: int | None) -> list[str]:
     """Wrap every durable file operation; die at operation number ``crash_at`` (a write dies halfway)."""
     calls: list[str] = []
     for name in FILESYSTEM_STEPS:
-        original = getattr(checkpoint, name)
+        original = getattr(files, name)
 
         def step(*args, _name=name, _original=original):
             calls.append(_name)
             if len(calls) - 1 == crash_at:
-                if _name == "_write_file":
+                if _name == "write_file":
                     path, data = args
                     path.write_bytes(data[: len(data) // 2])
                 raise SimulatedCrash(_name)
             return _original(*args)
 
-        monkeypatch.setattr(checkpoint, name, step)
+        monkeypatch.setattr(files, name, step)
     return calls
 
 
@@ -407,7 +401,7 @@ def test_a_crash_at_any_file_operation_leaves_a_loadable_latest(tmp_path, monkey
 @pytest.mark.parametrize("failing_write", [0, 1, 2], ids=["snapshot", "resume", "pointer"])
 def test_a_full_disk_is_reported_and_leaves_the_previous_checkpoint(tmp_path, monkeypatch, failing_write):
     before = save_states(tmp_path, [(1, 1)])
-    original = checkpoint._write_file
+    original = files.write_file
     calls = []
 
     def write_until_full(path: Path, data: bytes) -> None:
@@ -418,7 +412,7 @@ def test_a_full_disk_is_reported_and_leaves_the_previous_checkpoint(tmp_path, mo
         original(path, data)
 
     with monkeypatch.context() as patch:
-        patch.setattr(checkpoint, "_write_file", write_until_full)
+        patch.setattr(files, "write_file", write_until_full)
         with pytest.raises(CheckpointError, match=r"^\S+: cannot write checkpoint: No space left on device$"):
             save_states(tmp_path, [(2, 2)])
     assert not (tmp_path / ".step-00000002.partial").exists()

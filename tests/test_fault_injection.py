@@ -23,8 +23,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bifamily import checkpoint
-from bifamily.checkpoint import CheckpointManager
+from bifamily.checkpoint.manager import CheckpointManager
+from bifamily.checkpoint.resume import read_pair
 
 from tiny_model import TINY_MODEL
 
@@ -104,7 +104,7 @@ def assert_latest_is_loadable(out: Path, last_step: int) -> int:
         return 0
     step = int(latest.name.removeprefix("step-"))
     assert step >= last_step
-    _, _, metadata = checkpoint._read_pair(latest)  # what restoring verifies: lengths, checksums, pairing
+    _, _, metadata = read_pair(latest)  # what restoring verifies: lengths, checksums, pairing
     assert int(metadata["step"]) == step
     return step
 

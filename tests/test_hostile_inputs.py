@@ -12,8 +12,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import bifamily.checkpoint as checkpoint
-from bifamily.checkpoint import RESUME_FILE, SNAPSHOT_FILE
+from bifamily.checkpoint import files
+from bifamily.checkpoint.resume import RESUME_FILE
+from bifamily.checkpoint.snapshot import SNAPSHOT_FILE, read_snapshot
 from bifamily.cli import main
 from bifamily.errors import CheckpointError
 from bifamily.interop import load_module
@@ -120,17 +121,17 @@ def test_a_device_option_that_is_not_one_names_the_option(finished, tmp_path, co
 def rewrite(folder: Path, snapshot=None, resume=None) -> None:
     """Rewrite a checkpoint's files with their metadata and tensors changed, checksums kept valid: a
     file as a careless tool or a stranger might produce, not a damaged one."""
-    tensors, metadata = checkpoint._read_file(folder / SNAPSHOT_FILE, "bifamily.snapshot/1")
+    tensors, metadata = files.read_file(folder / SNAPSHOT_FILE, "bifamily.snapshot/1")
     metadata = {k: v for k, v in metadata.items() if k != "sha256"}
     if snapshot is not None:
         snapshot(tensors, metadata)
-    data, sha = checkpoint._serialize(tensors, metadata)
+    data, sha = files.serialize(tensors, metadata)
     (folder / SNAPSHOT_FILE).write_bytes(data)
-    resume_tensors, resume_metadata = checkpoint._read_file(folder / RESUME_FILE, "bifamily.resume/1")
+    resume_tensors, resume_metadata = files.read_file(folder / RESUME_FILE, "bifamily.resume/1")
     resume_metadata = {k: v for k, v in resume_metadata.items() if k != "sha256"} | {"snapshot_sha256": sha}
     if resume is not None:
         resume(resume_tensors, resume_metadata)
-    (folder / RESUME_FILE).write_bytes(checkpoint._serialize(resume_tensors, resume_metadata)[0])
+    (folder / RESUME_FILE).write_bytes(files.serialize(resume_tensors, resume_metadata)[0])
 
 
 def set_metadata(key: str, value: str):
@@ -209,7 +210,7 @@ def test_safetensors_metadata_that_is_not_a_table_of_strings_is_refused(tmp_path
     path = tmp_path / SNAPSHOT_FILE
     path.write_bytes(len(header).to_bytes(8, "little") + header)
     with pytest.raises(CheckpointError, match="its metadata is not a table of strings"):
-        checkpoint.read_snapshot(path)
+        read_snapshot(path)
 
 
 # -- run names that would put the run directory elsewhere ------------------------------------------
@@ -296,7 +297,7 @@ WRONG_POINTERS = {
 
 @pytest.mark.parametrize("target, why", WRONG_POINTERS.values(), ids=WRONG_POINTERS)
 def test_a_wrong_pointer_is_named_passed_over_for_the_newest_whole_checkpoint_and_repaired(copied, target, why):
-    from bifamily.checkpoint import CheckpointManager
+    from bifamily.checkpoint.manager import CheckpointManager
 
     (copied / "checkpoints" / "step-00000007").mkdir()
     (copied / "checkpoints" / "latest").write_text(target + "\n")

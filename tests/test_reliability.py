@@ -24,8 +24,9 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-import bifamily.checkpoint as checkpoint
-from bifamily.checkpoint import RESUME_FILE, SNAPSHOT_FILE
+from bifamily.checkpoint import files
+from bifamily.checkpoint.resume import RESUME_FILE, read_pair
+from bifamily.checkpoint.snapshot import SNAPSHOT_FILE
 from bifamily.cli import main
 from bifamily.plugins import BLOCK_ENV, default_plugins
 from bifamily.stopping import DUPLICATE_WINDOW_S, StopSignals
@@ -258,13 +259,13 @@ def finished(recipe, tmp_path_factory) -> Path:
 def resigned(folder: Path, change) -> None:
     """Rewrite a checkpoint with ``change`` applied to its snapshot tensors, with valid checksums: a
     well-formed checkpoint of some other model, as a stranger might hand over."""
-    tensors, metadata = checkpoint._read_file(folder / SNAPSHOT_FILE, "bifamily.snapshot/1")
+    tensors, metadata = files.read_file(folder / SNAPSHOT_FILE, "bifamily.snapshot/1")
     change(tensors)
-    data, sha = checkpoint._serialize(tensors, {k: v for k, v in metadata.items() if k != "sha256"})
+    data, sha = files.serialize(tensors, {k: v for k, v in metadata.items() if k != "sha256"})
     (folder / SNAPSHOT_FILE).write_bytes(data)
-    resume, resume_metadata = checkpoint._read_file(folder / RESUME_FILE, "bifamily.resume/1")
+    resume, resume_metadata = files.read_file(folder / RESUME_FILE, "bifamily.resume/1")
     resume_metadata = {k: v for k, v in resume_metadata.items() if k != "sha256"} | {"snapshot_sha256": sha}
-    (folder / RESUME_FILE).write_bytes(checkpoint._serialize(resume, resume_metadata)[0])
+    (folder / RESUME_FILE).write_bytes(files.serialize(resume, resume_metadata)[0])
 
 
 def rename_tensor(tensors: dict) -> None:
@@ -363,7 +364,7 @@ def test_without_a_pointer_a_damaged_newest_checkpoint_is_passed_over_with_a_war
 
 def test_a_full_disk_while_checkpointing_stops_cleanly_and_keeps_the_previous_checkpoint(recipe, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    original = checkpoint._write_file
+    original = files.write_file
 
     def fill_up_at_step_4(path: Path, data: bytes) -> None:
         if path.name == SNAPSHOT_FILE and (out / "checkpoints" / "step-00000002").is_dir():
@@ -372,7 +373,7 @@ def test_a_full_disk_while_checkpointing_stops_cleanly_and_keeps_the_previous_ch
         original(path, data)
 
     with monkeypatch.context() as patch:
-        patch.setattr(checkpoint, "_write_file", fill_up_at_step_4)
+        patch.setattr(files, "write_file", fill_up_at_step_4)
         result = run(recipe, out)
     assert result.exit_code == 2
     assert "cannot write checkpoint: No space left on device" in result.stderr and "Traceback" not in result.output
@@ -402,7 +403,7 @@ def test_a_really_full_tmpfs_keeps_the_previous_checkpoint(recipe, finished, tmp
         assert result.exit_code == 2, result.output + result.stderr
         assert "No space left on device" in result.stderr and "Traceback" not in result.output
         assert latest(out) == "step-00000002"
-        checkpoint._read_pair(out / "checkpoints" / "step-00000002")  # whole and verified
+        read_pair(out / "checkpoints" / "step-00000002")  # whole and verified
     finally:
         os.system(f"umount {disk}")
 

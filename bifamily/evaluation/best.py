@@ -19,7 +19,7 @@ from pathlib import Path
 
 from torch import nn
 
-from bifamily.checkpoint import SNAPSHOT_FILE, read_snapshot, save_snapshot
+from bifamily.checkpoint.snapshot import SNAPSHOT_FILE, read_snapshot, save_snapshot
 from bifamily.errors import CheckpointError
 
 BEST_DIR = "best"

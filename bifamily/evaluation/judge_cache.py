@@ -1,6 +1,6 @@
 """Trained sample judges cached on disk, one safetensors file per (data set, judge settings).
 
-A judge file is a checkpoint snapshot (:func:`bifamily.checkpoint.save_snapshot`: written to a temporary
+A judge file is a checkpoint snapshot (:func:`bifamily.checkpoint.snapshot.save_snapshot`: written to a temporary
 name and renamed, sha256 over tensors and metadata) of one module, ``judge``, with metadata naming its
 format, fingerprint, settings, classes and held-out accuracy. The fingerprint hashes the data set's
 identity (its resolved ``[data]`` section and a fixed sample of its images and labels) and the judge's
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from bifamily.checkpoint import load_modules, read_snapshot, save_snapshot
+from bifamily.checkpoint.snapshot import load_modules, read_snapshot, save_snapshot
 from bifamily.errors import CheckpointError
 from bifamily.evaluation.judge import JudgeArchitecture, JudgeNet, new_judge
 

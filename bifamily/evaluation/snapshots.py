@@ -15,7 +15,8 @@ import attrs
 import torch
 
 from bifamily.build import Model, build_model, make_context
-from bifamily.checkpoint import SNAPSHOT_FILE, CheckpointManager, load_modules, metadata_json, read_snapshot
+from bifamily.checkpoint.manager import CheckpointManager
+from bifamily.checkpoint.snapshot import SNAPSHOT_FILE, load_modules, metadata_json, read_snapshot
 from bifamily.errors import CheckpointError
 from bifamily.plugins import PluginSet
 from bifamily.recipe import TOO_DEEP, Recipe, apply_overrides, from_dict, too_deep
