@@ -277,7 +277,7 @@ snapshot_argument = click.argument("snapshot", metavar="SNAPSHOT", type=click.Pa
 
 def _snapshot(snapshot: str, overrides: tuple[str, ...], device: str) -> Any:
     from bifamily.distributed import resolve_device
-    from bifamily.evaluation.snapshots import load_snapshot
+    from bifamily.checkpoint.snapshot import load_snapshot
 
     return load_snapshot(snapshot, _plugins(), list(overrides), resolve_device(device, key="--device"))
 
@@ -459,7 +459,7 @@ def plot(run_dir: str, out: str | None, overrides: tuple[str, ...]) -> None:
     """
     from bifamily.checkpoint.manager import CheckpointManager
     from bifamily.evaluation.plots import plot_run
-    from bifamily.evaluation.snapshots import is_run_dir
+    from bifamily.checkpoint.snapshot import is_run_dir
 
     path = Path(run_dir)
     encoder = None

@@ -17,13 +17,12 @@ import torch
 from torch import nn
 
 from bifamily import __version__
-from bifamily.checkpoint.snapshot import load_modules, save_snapshot
-from bifamily.build import build_model, make_context
+from bifamily.build import make_context
+from bifamily.checkpoint.snapshot import find_snapshot, rebuild_model, save_snapshot, snapshot_metadata
 from bifamily.errors import BifamilyError
-from bifamily.evaluation.snapshots import find_snapshot, read_model_snapshot
 from bifamily.interfaces import Encoder
 from bifamily.plugins import PluginSet, default_plugins
-from bifamily.recipe import Recipe, apply_overrides, from_dict
+from bifamily.recipe import Recipe
 
 MODULES = ("encoder", "generator")
 EXPORT_INFO = "bifamily.json"  # the name of the description stored in the .pt2 file (extra_files)
@@ -69,11 +68,8 @@ def _load(
     if module not in MODULES:
         raise BifamilyError(f"module {module!r}: choose one of {', '.join(MODULES)}")
     path, _ = find_snapshot(Path(target))
-    tensors, raw, step = read_model_snapshot(path, module)
-    recipe = from_dict(apply_overrides(raw, overrides), plugins, source=str(path))
-    model = build_model(recipe, make_context(recipe, device))
+    model, recipe, step = rebuild_model(path, plugins, overrides, device, ema=(module,))
     network = model.encoder if module == "encoder" else model.generator
-    load_modules(tensors, {f"{module}_ema": network}, path)
     built = EncoderFeatures(network, latent=latent) if module == "encoder" else network
     built.to(device).eval().requires_grad_(False)
     return built, recipe, step
@@ -118,8 +114,7 @@ def export(
     program_path.parent.mkdir(parents=True, exist_ok=True)
     torch.export.save(program, program_path, extra_files={EXPORT_INFO: json.dumps(info, indent=2)})
     inner = network.encoder if isinstance(network, EncoderFeatures) else network
-    metadata = {"recipe": recipe.to_json(), "step": str(step), "bifamily_version": __version__, "exported": module}
-    save_snapshot(weights_path, {f"{module}_ema": inner}, metadata)
+    save_snapshot(weights_path, {f"{module}_ema": inner}, snapshot_metadata(recipe, step, exported=module))
     return program_path, weights_path
 
 

@@ -24,6 +24,7 @@ import torch
 from bifamily import __version__
 from bifamily.allocator import keep_freed_memory
 from bifamily.build import Model, build_components, build_model
+from bifamily.checkpoint.snapshot import snapshot_metadata
 from bifamily.display_subset import display_images
 from bifamily.distributed import World, resolve_device
 from bifamily.errors import BifamilyError, CheckpointError
@@ -241,7 +242,7 @@ class ScheduledEvaluation:
         assert self.best is not None
         name = self.best.value_name
         value = next(r.result.values[name] for r in self.records if name in r.result.values)
-        metadata = {"recipe": self.prepared.recipe.to_json(), "bifamily_version": __version__}
+        metadata = snapshot_metadata(self.prepared.recipe)  # the best snapshot adds the step
         checkpointed = trainer.checkpoints.latest_step()
         if self.best.offer(value, step, trainer.state.snapshot_modules(), metadata, checkpointed if checkpointed is not None else -1):
             _results.info(f"best {name} so far ({value:.4f} at step {step}): {self.best.path}")

@@ -31,10 +31,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from bifamily import __version__
 from bifamily.build import Model
 from bifamily.checkpoint.manager import CheckpointManager
 from bifamily.checkpoint.resume import RESUME_FILE, restore
+from bifamily.checkpoint.snapshot import snapshot_metadata
 from bifamily.data import BatchLayout, BatchStream
 from bifamily.distributed import Replicated, World
 from bifamily.ema import EMA, ema_decay
@@ -328,11 +328,6 @@ class Trainer:
         self.writer.save_grid("reconstructions", step, pairs, nrow=x.shape[0])
 
     def save_checkpoint(self) -> Path:
-        metadata = {
-            "recipe": self.recipe.to_json(),
-            "step": str(self.state.step),
-            "bifamily_version": __version__,
-        }
         extra = {
             "data": self.state.stream.state(),
             "step": self.state.step,
@@ -340,7 +335,11 @@ class Trainer:
             "guard": {"rollbacks": self.rollbacks},
         }
         return self.checkpoints.save(
-            self.state.step, self.state.snapshot_modules(), self.state.optimizers(), metadata, extra
+            self.state.step,
+            self.state.snapshot_modules(),
+            self.state.optimizers(),
+            snapshot_metadata(self.recipe, self.state.step),
+            extra,
         )
 
     def resume(self, checkpoint: Path) -> int:

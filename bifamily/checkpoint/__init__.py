@@ -11,11 +11,20 @@ A checkpoint folder holds two files:
 :mod:`~bifamily.checkpoint.manager` numbers the folders, moves the ``latest`` pointer, prunes and
 finds the checkpoint to resume from; :mod:`~bifamily.checkpoint.files` is the file layer under all of
 them (checksums, length checks, fsync and atomic renames). Nothing is ever unpickled.
+
+:func:`~bifamily.checkpoint.snapshot.load_snapshot` rebuilds a trained model from a snapshot alone.
 """
 
 from bifamily.checkpoint.manager import POINTER_FILE, CheckpointManager
 from bifamily.checkpoint.resume import RESUME_FILE, restore
-from bifamily.checkpoint.snapshot import SNAPSHOT_FILE, load_modules, metadata_json, read_snapshot, save_snapshot
+from bifamily.checkpoint.snapshot import (
+    SNAPSHOT_FILE,
+    load_modules,
+    load_snapshot,
+    metadata_json,
+    read_snapshot,
+    save_snapshot,
+)
 
 __all__ = [
     "POINTER_FILE",
@@ -23,6 +32,7 @@ __all__ = [
     "SNAPSHOT_FILE",
     "CheckpointManager",
     "load_modules",
+    "load_snapshot",
     "metadata_json",
     "read_snapshot",
     "restore",

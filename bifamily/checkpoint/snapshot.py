@@ -1,7 +1,15 @@
-"""Snapshots: the weights of named modules in one safetensors file, with str->str metadata.
+"""Snapshots: the weights of named modules in one safetensors file, with str->str metadata, and the
+model rebuilt from one.
 
-Tensor names are ``<module>.<state_dict key>``; the metadata holds what the caller stores (the trainer:
-the resolved recipe). A snapshot alone is enough to evaluate or sample; it is what a user shares.
+Tensor names are ``<module>.<state_dict key>``. Every snapshot bifamily writes (checkpoints, the best
+snapshot, exported weights) carries :func:`snapshot_metadata`: the resolved recipe, the step and the
+bifamily version, so a snapshot alone is enough to evaluate or sample; it is what a user shares.
+
+:func:`load_snapshot` (``bifamily eval``, ``sample``, ``reconstruct``, ``plot``) and
+:func:`bifamily.interop.load_module` accept a snapshot file, a checkpoint folder, ``RUN_DIR/best`` or a
+run directory (its latest checkpoint), and rebuild the model with :func:`rebuild_model`: the EMA
+weights for the generator and encoder, which every evaluation uses. Overrides apply to the stored
+recipe first (data paths of the machine that trained may not exist here).
 """
 
 from __future__ import annotations
@@ -11,15 +19,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 from torch import nn
 
+from bifamily import __version__
+from bifamily.build import Model, build_model, make_context
 from bifamily.checkpoint import files
 from bifamily.errors import CheckpointError
+from bifamily.plugins import PluginSet
+from bifamily.recipe import TOO_DEEP, Recipe, apply_overrides, from_dict, too_deep
 
 SNAPSHOT_FILE = "snapshot.safetensors"
 SNAPSHOT_FORMAT = "bifamily.snapshot/1"
 RESERVED_KEYS = ("format", "sha256")
+EMA_MODULES = ("generator", "encoder")  # the modules whose EMA weights evaluation and export use
 _MAX_LISTED = 10
 _REQUIRED = object()
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}
@@ -153,3 +167,90 @@ def listing(headline: str, lines: list[str]) -> str:
     if len(lines) > _MAX_LISTED:
         shown.append(f"  ... and {len(lines) - _MAX_LISTED} more")
     return "\n".join([f"{headline} ({len(lines)} difference{'s' * (len(lines) != 1)}):", *shown])
+
+
+# -- bifamily's snapshots: metadata, and the model rebuilt from it ---------------------------------
+
+
+def snapshot_metadata(recipe: Recipe, step: int | None = None, **more: str) -> dict[str, str]:
+    """The metadata of a snapshot of a run of ``recipe``: the resolved recipe as JSON, the ``step`` when
+    given, the bifamily version, then ``more``."""
+    metadata = {"recipe": recipe.to_json()}
+    if step is not None:
+        metadata["step"] = str(step)
+    metadata["bifamily_version"] = __version__
+    return {**metadata, **more}
+
+
+def read_model_snapshot(path: Path, what: str = "model") -> tuple[dict[str, torch.Tensor], dict[str, Any], int]:
+    """The tensors, the stored recipe (raw data, to structure with overrides) and the step of a snapshot
+    file, each checked: ``what`` names what is rebuilt from it in the error."""
+    tensors, metadata = read_snapshot(path)
+    if "recipe" not in metadata:
+        raise CheckpointError(f"{path}: its metadata holds no recipe, so the {what} cannot be rebuilt from it")
+    raw = metadata_json(path, metadata, "recipe", dict)
+    if too_deep(raw):
+        raise CheckpointError(f"{path}: the recipe in its metadata has {TOO_DEEP}")
+    return tensors, raw, metadata_json(path, metadata, "step", int, default=0)
+
+
+def rebuild_model(
+    path: Path,
+    plugins: PluginSet,
+    overrides: list[str] = (),
+    device: torch.device | str = "cpu",
+    ema: tuple[str, ...] = EMA_MODULES,
+) -> tuple[Model, Recipe, int]:
+    """The model of snapshot file ``path`` built from its recipe (``overrides`` applied first) for
+    ``device``, with the EMA weights of the ``ema`` modules loaded; the recipe; the step."""
+    tensors, raw, step = read_model_snapshot(path, ema[0] if len(ema) == 1 else "model")
+    recipe = from_dict(apply_overrides(raw, list(overrides)), plugins, source=str(path))
+    model = build_model(recipe, make_context(recipe, device))
+    load_modules(tensors, {f"{name}_ema": getattr(model, name) for name in ema}, path)
+    return model, recipe, step
+
+
+@attrs.frozen
+class LoadedSnapshot:
+    path: Path
+    run_dir: Path | None  # the run directory the snapshot belongs to, when it is inside one
+    recipe: Recipe
+    model: Model  # generator and encoder hold the EMA weights; every module in eval mode
+    step: int
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "recipe.toml").is_file() and (path / "checkpoints").is_dir()
+
+
+def find_snapshot(target: Path) -> tuple[Path, Path | None]:
+    """The snapshot file ``target`` names, and the run directory holding it (None outside one)."""
+    from bifamily.checkpoint.manager import CheckpointManager  # here: the manager imports this module
+
+    target = Path(target)
+    if target.is_file():
+        snapshot = target
+    elif (target / SNAPSHOT_FILE).is_file():
+        snapshot = target / SNAPSHOT_FILE
+    elif is_run_dir(target):
+        latest = CheckpointManager(target / "checkpoints").latest()
+        if latest is None:
+            raise CheckpointError(f"{target}: the run has no complete checkpoint in {target / 'checkpoints'}")
+        snapshot = latest / SNAPSHOT_FILE
+    else:
+        raise CheckpointError(
+            f"{target}: not a snapshot file, a folder holding {SNAPSHOT_FILE}, or a run directory"
+        )
+    run_dir = next((folder for folder in list(snapshot.parents)[:3] if is_run_dir(folder)), None)
+    return snapshot, run_dir
+
+
+def load_snapshot(
+    target: str | Path, plugins: PluginSet, overrides: list[str] = (), device: torch.device | str = "cpu"
+) -> LoadedSnapshot:
+    """Rebuild the snapshot's model on ``device`` with its EMA generator and encoder weights."""
+    path, run_dir = find_snapshot(Path(target))
+    model, recipe, step = rebuild_model(path, plugins, overrides, device)
+    for module in model.modules().values():
+        module.to(device).eval()
+    return LoadedSnapshot(path, run_dir, recipe, model, step)
