@@ -222,6 +222,7 @@ def _launch(
 ) -> None:
     """``run --nproc N`` after the pre-flight: choose the run directory, hand over to torchrun."""
     from bifamily import distributed
+    from bifamily.rundir import RunDir
     from bifamily.session import choose_run_dir
 
     run_dir = choose_run_dir(resolved, out, resume)
@@ -235,7 +236,7 @@ def _launch(
     except distributed.RankFailed as exc:
         if exc.exitcode <= 128 and exc.exitcode != EXIT_DIVERGED:  # else rank 0 said why it stopped
             _error(str(exc))
-        if (run_dir / "checkpoints" / "latest").exists():
+        if RunDir(run_dir).pointer.exists():
             _error(f"continue from the last checkpoint: {again}")
         sys.exit(exc.exitcode if exc.exitcode > 0 else 1)
     except SignalException as exc:  # sent to this process: torchrun passed it on to the ranks and waited
@@ -459,18 +460,19 @@ def plot(run_dir: str, out: str | None, overrides: tuple[str, ...]) -> None:
     """
     from bifamily.checkpoint.manager import CheckpointManager
     from bifamily.evaluation.plots import plot_run
-    from bifamily.checkpoint.snapshot import is_run_dir
+    from bifamily.rundir import RunDir
 
     path = Path(run_dir)
+    layout = RunDir(path)
     encoder = None
-    if is_run_dir(path) and CheckpointManager(path / "checkpoints").latest() is not None:
+    if layout.is_run_dir() and CheckpointManager(layout.checkpoints).latest() is not None:
         encoder = _snapshot(run_dir, overrides, "cpu").model.encoder
-    elif is_run_dir(path):
+    elif layout.is_run_dir():
         click.echo(f"{path}: no checkpoint yet, so no filters.png", err=True)
     def note(text: str) -> None:
         click.echo(f"{path}: {text}", err=True)
 
-    for written in plot_run(path, Path(out) if out else path / "plots", encoder, note):
+    for written in plot_run(path, Path(out) if out else layout.plots, encoder, note):
         click.echo(written)
 
 

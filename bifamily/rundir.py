@@ -1,5 +1,7 @@
 """Run directories describe themselves: resolved recipe, stats, metrics, grids and checkpoints.
 
+:class:`RunDir` is the layout: every file and folder name below is spelled in this module only.
+
 Layout::
 
     runs/00003-quickstart/
@@ -9,8 +11,13 @@ Layout::
         metrics.jsonl        evaluation results (step, metric, value, settings)
         samples/             EMA-generator samples on a fixed latent batch, PNG
         reconstructions/     inputs above G(E(x)) with the EMA weights, PNG
-        checkpoints/         safetensors snapshot + resume state, `latest` pointer
+        eval/METRIC-IMAGE/   grids a metric draws
+        checkpoints/         step-NNNNNNNN/ folders (safetensors snapshot + resume state), `latest` pointer
+        best/                the best snapshot by `eval.best`
         tensorboard/         TensorBoard event files, with `run.tensorboard = true`
+        plots/               `bifamily plot`'s pictures, by default
+
+Grids are PNG files named by step, ``step-NNNNNNNN.png``, as checkpoint folders are.
 
 Rank 0's :class:`RunWriter` tells its :class:`RunListener` objects about every record and grid it
 writes; that is how the progress lines and the TensorBoard events follow the run.
@@ -23,15 +30,98 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+import attrs
 import tomli_w
-import torch
 
 from bifamily.errors import BifamilyError
-from bifamily.grids import write_grid
+
+if TYPE_CHECKING:
+    import torch
 
 _NUMBERED = re.compile(r"^(\d{5})-(.+)$")
+
+RECIPE_FILE = "recipe.toml"
+LOG_FILE = "log.txt"
+STATS_FILE = "stats.jsonl"
+METRICS_FILE = "metrics.jsonl"
+SAMPLES = "samples"
+RECONSTRUCTIONS = "reconstructions"
+EVAL_GRIDS = "eval"
+CHECKPOINTS = "checkpoints"
+POINTER_FILE = "latest"  # in the checkpoints folder: the name of the checkpoint to resume from
+BEST = "best"
+TENSORBOARD = "tensorboard"
+PLOTS = "plots"
+STEP_PREFIX = "step-"
+STEP_NAME = re.compile(r"step-(\d{8,})")  # a checkpoint folder, or a grid's file name before .png
+
+
+def step_name(step: int) -> str:
+    """``step-NNNNNNNN``: the checkpoint folder of ``step``, and its grids' name (with .png)."""
+    if step < 0:
+        raise ValueError(f"step must be non-negative, got {step}")
+    return f"{STEP_PREFIX}{step:08d}"
+
+
+@attrs.frozen
+class RunDir:
+    """The paths of a run directory's files and folders."""
+
+    path: Path = attrs.field(converter=Path)
+
+    @property
+    def recipe(self) -> Path:
+        return self.path / RECIPE_FILE
+
+    @property
+    def log(self) -> Path:
+        return self.path / LOG_FILE
+
+    @property
+    def stats(self) -> Path:
+        return self.path / STATS_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def pointer(self) -> Path:
+        return self.checkpoints / POINTER_FILE
+
+    @property
+    def best(self) -> Path:
+        return self.path / BEST
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / TENSORBOARD
+
+    @property
+    def plots(self) -> Path:
+        return self.path / PLOTS
+
+    def grid(self, folder: str, step: int) -> Path:
+        """The PNG of the grid saved under ``folder`` (SAMPLES, RECONSTRUCTIONS, EVAL_GRIDS/...) at ``step``."""
+        return self.path / folder / f"{step_name(step)}.png"
+
+    def is_run_dir(self) -> bool:
+        """Whether the folder is a run directory: a recipe and a checkpoints folder."""
+        return self.recipe.is_file() and self.checkpoints.is_dir()
+
+    def has_checkpoint(self) -> bool:
+        """Whether the checkpoints folder holds anything (whole or not)."""
+        return self.checkpoints.is_dir() and any(self.checkpoints.iterdir())
+
+    def step_entries(self) -> list[Path]:
+        """Everything in the checkpoints folder named like a checkpoint, damaged or not, in step order."""
+        return sorted(self.checkpoints.glob(f"{STEP_PREFIX}*"))
 
 
 def new_run_dir(root: Path, name: str) -> Path:
@@ -46,7 +136,7 @@ def latest_run_dir(root: Path, name: str) -> Path | None:
         (
             p
             for p in (root.iterdir() if root.is_dir() else ())
-            if (m := _NUMBERED.match(p.name)) and m.group(2) == name and (p / "checkpoints").is_dir()
+            if (m := _NUMBERED.match(p.name)) and m.group(2) == name and RunDir(p).checkpoints.is_dir()
         ),
         key=lambda p: p.name,
     )
@@ -54,6 +144,8 @@ def latest_run_dir(root: Path, name: str) -> Path | None:
 
 
 def _jsonable(value: Any) -> Any:
+    import torch  # here, so that the layout names cost no torch import (the log module reads them)
+
     if isinstance(value, torch.Tensor):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -65,7 +157,7 @@ class RunListener(Protocol):
     """Told about each record and grid a :class:`RunWriter` writes (after it is on disk)."""
 
     def appended(self, name: str, record: dict[str, Any]) -> None:
-        """``record`` was appended to the JSON-lines file ``name`` (stats.jsonl, metrics.jsonl)."""
+        """``record`` was appended to the JSON-lines file ``name`` (STATS_FILE, METRICS_FILE)."""
 
     def saved_grid(self, folder: str, step: int, images: torch.Tensor, nrow: int) -> None:
         """A grid of ``images`` (NCHW in [-1, 1]) was saved under ``folder`` for ``step``."""
@@ -76,6 +168,7 @@ class RunWriter:
 
     def __init__(self, path: Path):
         self.path = path
+        self.run_dir = RunDir(path)
         self.listeners: list[RunListener] = []
 
     def create(self, recipe_dict: dict[str, Any]) -> None:
@@ -83,11 +176,11 @@ class RunWriter:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise BifamilyError(f"cannot create run directory {self.path}: {exc.strerror}") from None
-        (self.path / "recipe.toml").write_text(tomli_w.dumps(recipe_dict), encoding="utf-8")
+        self.run_dir.recipe.write_text(tomli_w.dumps(recipe_dict), encoding="utf-8")
 
     def truncate_after(self, step: int) -> None:
         """Drop log lines written after ``step`` by a run that crashed before its next checkpoint."""
-        for name in ("stats.jsonl", "metrics.jsonl"):
+        for name in (STATS_FILE, METRICS_FILE):
             path = self.path / name
             if not path.exists():
                 continue
@@ -109,7 +202,9 @@ class RunWriter:
             listener.appended(name, record)
 
     def save_grid(self, folder: str, step: int, images: torch.Tensor, nrow: int) -> Path:
-        out = self.path / folder / f"step-{step:08d}.png"
+        from bifamily.grids import write_grid
+
+        out = self.run_dir.grid(folder, step)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_grid(out, images, nrow)
         for listener in self.listeners:

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from bifamily.errors import BifamilyError
+from bifamily.rundir import LOG_FILE, STATS_FILE
 from bifamily.stopping import TrainingStopped
 
 ROOT = "bifamily"
 PROGRESS = "bifamily.progress"
 REPORT = "bifamily.report"
-LOG_FILE = "log.txt"
 _FILE_FORMAT = logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S")
 
 
@@ -101,7 +101,7 @@ class ProgressLines:
         self.last_step = start_step
 
     def appended(self, name: str, record: dict[str, Any]) -> None:
-        if name == "stats.jsonl":
+        if name == STATS_FILE:
             logging.getLogger(PROGRESS).info(self.line(record))
 
     def saved_grid(self, folder: str, step: int, images: Any, nrow: int) -> None:

@@ -44,9 +44,8 @@ from bifamily.preflight import open_data as open_data  # where bench scripts imp
 from bifamily.precision import spectral_norm_in_fp32
 from bifamily.randomness import derive_seed
 from bifamily.recipe import REPORT_METRICS, Recipe
-from bifamily.rundir import RunWriter, latest_run_dir, new_run_dir
+from bifamily.rundir import METRICS_FILE, RunDir, RunWriter, latest_run_dir, new_run_dir
 from bifamily.runlog import REPORT, ROOT, ProgressLines, file_log
-from bifamily.tensorboard_events import FOLDER as TENSORBOARD_FOLDER
 from bifamily.tensorboard_events import TensorBoardEvents
 from bifamily.train import RECON_SIZE, Trainer, make_state
 
@@ -96,11 +95,11 @@ def choose_run_dir(recipe: Recipe, out: str | None, resume: bool) -> Path:
     root = Path(recipe.run.out_root)
     if out is not None:
         path = Path(out)
-        has_checkpoint = (path / "checkpoints").is_dir() and any((path / "checkpoints").iterdir())
+        has_checkpoint = RunDir(path).has_checkpoint()
         if has_checkpoint and not resume:
             raise BifamilyError(f"--out {path}: holds a run already; add --resume to continue it, or pick another folder")
         if resume and not has_checkpoint:
-            raise CheckpointError(f"--resume: no checkpoint in {path / 'checkpoints'}")
+            raise CheckpointError(f"--resume: no checkpoint in {RunDir(path).checkpoints}")
         return path
     if resume:
         path = latest_run_dir(root, recipe.run.name)
@@ -136,7 +135,7 @@ def run_training(
         if world.is_main and prepared.report:
             final = schedule.records if schedule is not None and schedule.step == state.step else []
             record = probe_report(prepared, state.ema_generator.module, state.ema_encoder.module, state.step, final)
-            trainer.writer.append("metrics.jsonl", record)
+            trainer.writer.append(METRICS_FILE, record)
             report.update({key: value for key, value in record.items() if key not in ("step", "metric", "settings")})
         if world.is_main:
             for line in report_lines(report):
@@ -157,9 +156,9 @@ def _resume(trainer: Trainer, run_dir: Path, world: World) -> int:
     """Load the latest checkpoint (every rank); its step."""
     latest = trainer.checkpoints.latest()
     if latest is None:
-        damaged = sorted((run_dir / "checkpoints").glob("step-*"))
+        damaged = RunDir(run_dir).step_entries()
         if not damaged:
-            raise CheckpointError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
+            raise CheckpointError(f"--resume: no checkpoint in {RunDir(run_dir).checkpoints}")
         latest = damaged[-1]  # restoring it raises the error that names the damaged file
     step = trainer.resume(latest)  # verifies the checkpoint before anything is appended
     if world.is_main:
@@ -173,7 +172,7 @@ def _follow_run(trainer: Trainer, outputs: contextlib.ExitStack) -> None:
     run = trainer.recipe.run
     trainer.writer.listeners.append(ProgressLines(run.steps, trainer.state.step))
     if run.tensorboard:
-        events = TensorBoardEvents(trainer.writer.path / TENSORBOARD_FOLDER)
+        events = TensorBoardEvents(trainer.writer.run_dir.tensorboard)
         outputs.callback(events.close)
         trainer.writer.listeners.append(events)
 

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from bifamily.grids import grid_picture
+from bifamily.rundir import STATS_FILE
 
-FOLDER = "tensorboard"
 _NOT_SCALARS = ("step", "metric", "settings")
 
 
@@ -44,7 +44,7 @@ class TensorBoardEvents:
         self.last_step = -1
 
     def appended(self, name: str, record: dict[str, Any]) -> None:
-        group = "train" if name == "stats.jsonl" else record.get("metric")
+        group = "train" if name == STATS_FILE else record.get("metric")
         if group is None:
             return
         step = int(record["step"])

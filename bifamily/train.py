@@ -43,7 +43,7 @@ from bifamily.guard import NonFinite, NonFiniteWatch
 from bifamily.precision import Precision
 from bifamily.randomness import RandomStreams, derive_seed
 from bifamily.recipe import Recipe
-from bifamily.rundir import RunWriter
+from bifamily.rundir import RECONSTRUCTIONS, SAMPLES, STATS_FILE, RunWriter
 from bifamily.step_modules import GeneratorEncoder, ScorePairs, parameters_without_gradient, resize
 from bifamily.stopping import Diverged, Interrupted, StopSignals, signal_name
 
@@ -197,7 +197,7 @@ class Trainer:
         self.model = state.model
         self.world = world
         self.writer = RunWriter(run_dir)
-        self.checkpoints = CheckpointManager(run_dir / "checkpoints", keep=recipe.run.keep_checkpoints)
+        self.checkpoints = CheckpointManager(self.writer.run_dir.checkpoints, keep=recipe.run.keep_checkpoints)
         self.progress = progress and world.is_main
         self.device = self.model.context.device
         self.precision = Precision(recipe.train.precision, self.device)
@@ -321,11 +321,11 @@ class Trainer:
         generator = self.state.ema_generator.module
         encoder = self.state.ema_encoder.module
         ctx = self.model.context
-        self.writer.save_grid("samples", step, generator(self.fixed_z), nrow=8)
+        self.writer.save_grid(SAMPLES, step, generator(self.fixed_z), nrow=8)
         x = recon_images.to(self.device)
         recon = generator(encoder(resize(x, ctx.encoder_input_resolution)).point)
         pairs = torch.cat([resize(x, ctx.resolution), recon])
-        self.writer.save_grid("reconstructions", step, pairs, nrow=x.shape[0])
+        self.writer.save_grid(RECONSTRUCTIONS, step, pairs, nrow=x.shape[0])
 
     def save_checkpoint(self) -> Path:
         extra = {
@@ -430,7 +430,7 @@ class Trainer:
             self._last_time, self._last_step = now, step
             record = {"step": step, **self.world.average({**d_stats, **ge_stats}), "images_per_s": round(rate, 1)}
             if self.world.is_main:
-                self.writer.append("stats.jsonl", record)
+                self.writer.append(STATS_FILE, record)
                 self._bar.set_postfix(
                     {k: f"{v:.3f}" for k, v in record.items() if k.startswith("loss")} | {"img/s": f"{rate:.0f}"},
                     refresh=False,

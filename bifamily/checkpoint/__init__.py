@@ -8,14 +8,14 @@ A checkpoint folder holds two files:
 - ``resume.safetensors`` (:mod:`~bifamily.checkpoint.resume`): optimizer states, RNG states, the step
   and a JSON-able ``extra`` dict, tied to its snapshot by the snapshot's checksum.
 
-:mod:`~bifamily.checkpoint.manager` numbers the folders, moves the ``latest`` pointer, prunes and
-finds the checkpoint to resume from; :mod:`~bifamily.checkpoint.files` is the file layer under all of
+:mod:`~bifamily.checkpoint.manager` numbers the folders, moves the pointer to the latest, prunes and
+finds the checkpoint to resume from (where they lie in a run directory: :class:`bifamily.rundir.RunDir`); :mod:`~bifamily.checkpoint.files` is the file layer under all of
 them (checksums, length checks, fsync and atomic renames). Nothing is ever unpickled.
 
 :func:`~bifamily.checkpoint.snapshot.load_snapshot` rebuilds a trained model from a snapshot alone.
 """
 
-from bifamily.checkpoint.manager import POINTER_FILE, CheckpointManager
+from bifamily.checkpoint.manager import CheckpointManager
 from bifamily.checkpoint.resume import RESUME_FILE, restore
 from bifamily.checkpoint.snapshot import (
     SNAPSHOT_FILE,
@@ -27,7 +27,6 @@ from bifamily.checkpoint.snapshot import (
 )
 
 __all__ = [
-    "POINTER_FILE",
     "RESUME_FILE",
     "SNAPSHOT_FILE",
     "CheckpointManager",

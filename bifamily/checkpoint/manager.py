@@ -1,12 +1,12 @@
-"""The checkpoint manager: numbered checkpoint folders, the ``latest`` pointer, pruning, recovery.
+"""The checkpoint manager: numbered checkpoint folders, the pointer to the latest, pruning, recovery.
 
-A checkpoint is a folder ``step-NNNNNNNN`` holding a snapshot (:mod:`bifamily.checkpoint.snapshot`)
-and its resume state (:mod:`bifamily.checkpoint.resume`).
+A checkpoint is a folder named by its step (:func:`bifamily.rundir.step_name`) holding a snapshot
+(:mod:`bifamily.checkpoint.snapshot`) and its resume state (:mod:`bifamily.checkpoint.resume`).
 
 Crash safety: both files are written into a hidden staging folder beside the checkpoint folder
 (``.checkpoints.partial``), fsynced, and the folder is renamed into place; only then does the pointer
-file ``latest`` move (written to a temporary name and renamed). A crash at any moment leaves
-``latest`` naming a complete checkpoint, and the checkpoint folder holds nothing but complete
+file (:data:`bifamily.rundir.POINTER_FILE`) move (written to a temporary name and renamed). A crash at
+any moment leaves the pointer naming a complete checkpoint, and the checkpoint folder holds nothing but complete
 checkpoints and the pointer: a run killed while writing its first checkpoint leaves none, so it is
 restarted as a new run, not resumed.
 """
@@ -26,12 +26,10 @@ from bifamily.checkpoint import files
 from bifamily.checkpoint.resume import RESUME_FILE, read_pair, resume_payload
 from bifamily.checkpoint.snapshot import SNAPSHOT_FILE, snapshot_payload
 from bifamily.errors import CheckpointError
+from bifamily.rundir import POINTER_FILE, STEP_NAME, STEP_PREFIX, step_name
 
-POINTER_FILE = "latest"
-
-_STEP_FOLDER = re.compile(r"step-(\d{8,})")
-# `latest` names a step folder, or, for the moment a step is saved a second time, a hidden copy of it.
-_POINTABLE = re.compile(r"step-\d{8,}|\.step-\d{8,}\.previous")
+# The pointer names a step folder, or, for the moment a step is saved a second time, a hidden copy of it.
+_POINTABLE = re.compile(rf"{STEP_NAME.pattern}|\.{STEP_NAME.pattern}\.previous")
 
 
 class CheckpointManager:
@@ -52,7 +50,7 @@ class CheckpointManager:
         extra: dict,
         generators: Mapping[str, torch.Generator] = {},
     ) -> Path:
-        """Write ``step-NNNNNNNN`` atomically, point ``latest`` at it, prune; returns the folder.
+        """Write the folder of ``step`` atomically, point ``latest`` at it, prune; returns the folder.
 
         Saving step s also removes folders of steps after s: they belong to a timeline abandoned by
         resuming from an earlier checkpoint, and would otherwise be taken for the newest.
@@ -65,7 +63,7 @@ class CheckpointManager:
         resume_tensors, resume_metadata = resume_payload(step, optimizers, extra, generators)
         resume_metadata["snapshot_sha256"] = snapshot_sha
 
-        name = _step_folder_name(step)
+        name = step_name(step)
         final = self.directory / name
         staging = self.staging
         writing = final  # named in the error if the disk fails
@@ -152,12 +150,12 @@ class CheckpointManager:
     def latest_step(self) -> int | None:
         """The step of :meth:`latest`, or None when there is no checkpoint."""
         folder = self.latest()
-        match = _STEP_FOLDER.search(folder.name) if folder is not None else None
+        match = STEP_NAME.search(folder.name) if folder is not None else None
         return int(match.group(1)) if match else None
 
     def whole_before(self, folder: Path) -> Path | None:
         """When ``folder`` is damaged, the newest earlier checkpoint that verifies (None otherwise)."""
-        match = _STEP_FOLDER.fullmatch(Path(folder).name)
+        match = STEP_NAME.fullmatch(Path(folder).name)
         if match is None or _verifies(folder):
             return None
         earlier = [(step, path) for step, path in self._step_folders() if step < int(match.group(1))]
@@ -193,14 +191,14 @@ class CheckpointManager:
         return [
             (int(match.group(1)), path)
             for path in self.directory.iterdir()
-            if (match := _STEP_FOLDER.fullmatch(path.name)) and path.is_dir()
+            if (match := STEP_NAME.fullmatch(path.name)) and path.is_dir()
         ]
 
     def _prune(self, saved_step: int) -> None:
         """Keep the newest ``keep`` complete checkpoints up to ``saved_step``; drop everything else."""
         target = self._pointer_target()
         for path in self.directory.iterdir():
-            leftover = path.name.startswith(".step-") or path.name == f".{POINTER_FILE}.tmp"
+            leftover = path.name.startswith(f".{STEP_PREFIX}") or path.name == f".{POINTER_FILE}.tmp"
             if leftover and path.name != target:
                 files.remove(path)
         kept = 0
@@ -210,12 +208,6 @@ class CheckpointManager:
                 files.remove(folder)
             else:
                 kept += 1
-
-
-def _step_folder_name(step: int) -> str:
-    if step < 0:
-        raise ValueError(f"step must be non-negative, got {step}")
-    return f"step-{step:08d}"
 
 
 def _verifies(folder: Path) -> bool:

@@ -29,6 +29,7 @@ from bifamily.checkpoint import files
 from bifamily.errors import CheckpointError
 from bifamily.plugins import PluginSet
 from bifamily.recipe import TOO_DEEP, Recipe, apply_overrides, from_dict, too_deep
+from bifamily.rundir import RunDir
 
 SNAPSHOT_FILE = "snapshot.safetensors"
 SNAPSHOT_FORMAT = "bifamily.snapshot/1"
@@ -219,29 +220,26 @@ class LoadedSnapshot:
     step: int
 
 
-def is_run_dir(path: Path) -> bool:
-    return (path / "recipe.toml").is_file() and (path / "checkpoints").is_dir()
-
-
 def find_snapshot(target: Path) -> tuple[Path, Path | None]:
     """The snapshot file ``target`` names, and the run directory holding it (None outside one)."""
     from bifamily.checkpoint.manager import CheckpointManager  # here: the manager imports this module
 
     target = Path(target)
+    run = RunDir(target)
     if target.is_file():
         snapshot = target
     elif (target / SNAPSHOT_FILE).is_file():
         snapshot = target / SNAPSHOT_FILE
-    elif is_run_dir(target):
-        latest = CheckpointManager(target / "checkpoints").latest()
+    elif run.is_run_dir():
+        latest = CheckpointManager(run.checkpoints).latest()
         if latest is None:
-            raise CheckpointError(f"{target}: the run has no complete checkpoint in {target / 'checkpoints'}")
+            raise CheckpointError(f"{target}: the run has no complete checkpoint in {run.checkpoints}")
         snapshot = latest / SNAPSHOT_FILE
     else:
         raise CheckpointError(
             f"{target}: not a snapshot file, a folder holding {SNAPSHOT_FILE}, or a run directory"
         )
-    run_dir = next((folder for folder in list(snapshot.parents)[:3] if is_run_dir(folder)), None)
+    run_dir = next((folder for folder in list(snapshot.parents)[:3] if RunDir(folder).is_run_dir()), None)
     return snapshot, run_dir
 
 

@@ -21,8 +21,8 @@ from torch import nn
 
 from bifamily.checkpoint.snapshot import SNAPSHOT_FILE, read_snapshot, save_snapshot
 from bifamily.errors import CheckpointError
+from bifamily.rundir import RunDir
 
-BEST_DIR = "best"
 COMMITTED_FILE = "committed.safetensors"
 
 
@@ -30,7 +30,7 @@ class BestSnapshot:
     """Keeps the snapshot with the best ``value_name`` (``direction`` "max" or "min") seen so far."""
 
     def __init__(self, run_dir: Path, value_name: str, direction: str, resumed_step: int | None = None):
-        self.path = Path(run_dir) / BEST_DIR / SNAPSHOT_FILE
+        self.path = RunDir(run_dir).best / SNAPSHOT_FILE
         self.committed_path = self.path.parent / COMMITTED_FILE
         self.value_name = value_name
         self.direction = direction

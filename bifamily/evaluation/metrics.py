@@ -28,7 +28,7 @@ from bifamily.evaluation.features import extract_features, require_labels
 from bifamily.interfaces import Encoder, LatentPrior
 from bifamily.plugins import PluginSet
 from bifamily.recipe import EvalConfig, Recipe
-from bifamily.rundir import RunWriter
+from bifamily.rundir import EVAL_GRIDS, METRICS_FILE, RunWriter
 
 if TYPE_CHECKING:  # importing it loads clean-fid, which takes seconds
     from bifamily.evaluation.feature_networks import FeatureNetwork
@@ -260,9 +260,9 @@ def write_records(writer: RunWriter, records: list[Record]) -> None:
         if unsafe:  # image names become folder names
             raise PluginError(f"metric {record.metric!r} named an image {unsafe[0]!r}: use {SAFE_NAME_RULE}")
     for record in records:
-        writer.append("metrics.jsonl", record.to_json())
+        writer.append(METRICS_FILE, record.to_json())
         for image_name, grid in record.result.images.items():
-            writer.save_grid(f"eval/{record.metric}-{image_name}", record.step, grid.images, nrow=grid.nrow)
+            writer.save_grid(f"{EVAL_GRIDS}/{record.metric}-{image_name}", record.step, grid.images, nrow=grid.nrow)
 
 
 def format_table(records: list[Record]) -> str:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bifamily.errors import BifamilyError
+from bifamily.rundir import RunDir
 
 _NOT_VALUES = {"step", "metric", "settings", "images_per_s"}
 _MIN_TILE = 32
@@ -132,7 +133,7 @@ def plot_run(
 ) -> list[Path]:
     """losses.png (stats.jsonl), metrics.png (metrics.jsonl), filters.png (``encoder``'s first
     convolution; skipped with a ``note`` when it has none); the written paths."""
-    stats, metrics = read_jsonl(run_dir / "stats.jsonl"), read_jsonl(run_dir / "metrics.jsonl")
+    stats, metrics = read_jsonl(RunDir(run_dir).stats), read_jsonl(RunDir(run_dir).metrics)
     if not stats and not metrics and encoder is None:
         raise BifamilyError(f"{run_dir}: no stats.jsonl or metrics.jsonl to plot")
     out_dir.mkdir(parents=True, exist_ok=True)
