@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from cleanfid import fid as cleanfid_fid
+from scipy import linalg as scipy_linalg
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -47,6 +48,9 @@ def fid_from_stats(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2:
     with warnings.catch_warnings():
         # clean-fid 0.1.35 passes scipy.linalg.sqrtm's deprecated `disp` argument.
         warnings.filterwarnings("ignore", message=".*`disp` argument is deprecated", category=DeprecationWarning)
+        # Features with (near) zero variance, such as a ReLU unit that never fires, make the covariance
+        # product singular; clean-fid then checks sqrtm's result and retries with eps on the diagonal.
+        warnings.filterwarnings("ignore", message="Matrix is singular", category=scipy_linalg.LinAlgWarning)
         return float(cleanfid_fid.frechet_distance(mu1, sigma1, mu2, sigma2))
 
 

@@ -217,3 +217,14 @@ def test_generated_features_batch_the_sampler():
 
     features, logits = generated_features(sample, 10, 4, RandomConvFeatures(channels=1, seed=0, dim=8), "cpu")
     assert requested == [4, 4, 2] and features.shape == (10, 8) and logits is None
+
+
+def test_features_with_a_dead_unit_give_a_finite_distance_without_a_warning():
+    """A feature that never varies (a ReLU unit that never fires) makes the covariances singular."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(200, 8)), rng.normal(0.5, 1.0, size=(200, 8))
+    a[:, 3] = b[:, 3] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        distance = fid_from_features(a, b)
+    assert np.isfinite(distance) and distance == pytest.approx(fid_from_features(a[:, [0, 1, 2, 4, 5, 6, 7]], b[:, [0, 1, 2, 4, 5, 6, 7]]), rel=1e-3)
