@@ -1,8 +1,8 @@
 """BigBiGAN's Table 1 in miniature: the paper's ablation rows trained over seeds on the procedural shapes.
 
-    python bench/ablations_small.py                          # every row, seeds 0-3, two runs at a time
-    python bench/ablations_small.py --rows base,e_up_lr --seeds 0,1
-    python bench/ablations_small.py --steps 100 --output /tmp/table.json
+    python -m bench.ablations_small                          # every row, seeds 0-3, two runs at a time
+    python -m bench.ablations_small --rows base,e_up_lr --seeds 0,1
+    python -m bench.ablations_small --steps 100 --output /tmp/table.json
 
 Each row is a recipe under recipes/ablations_small/ that differs from base.toml only where the paper's
 row differs from its Base. Each (row, seed) is one `bifamily run RECIPE --set run.seed=S --set
@@ -26,8 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import result_file  # bench/result_file.py: the script's own folder is on sys.path
-from run_reports import final_values, row_of, train_run
+from bench import result_file
+from bench.run_reports import final_values, row_of, train_run
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "ablations_small.json"
@@ -182,7 +182,7 @@ def main() -> None:
     print()
     print(format_directions(findings))
     measured = [value for value in seconds.values() if value is not None]
-    reproduce = ["python", "bench/ablations_small.py", "--rows", ",".join(args.rows), "--seeds", ",".join(map(str, args.seeds)),
+    reproduce = ["python", "-m", "bench.ablations_small", "--rows", ",".join(args.rows), "--seeds", ",".join(map(str, args.seeds)),
                  "--threads", str(args.threads), "--jobs", str(args.jobs), *([f"--steps={args.steps}"] if args.steps else []),
                  *[f"--set={item}" for item in args.set]]
     result_file.write(args.output, {

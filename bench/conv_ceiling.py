@@ -1,4 +1,4 @@
-"""python bench/conv_ceiling.py [--recipe R] [--modes fp32_channels_last bf16_channels_last] [--output JSON]
+"""python -m bench.conv_ceiling [--recipe R] [--modes fp32_channels_last bf16_channels_last] [--output JSON]
 
 How close to the machine's conv limit can a model's step get at all? One training step is run with
 every counted operation recorded (convolutions forward and backward, matmuls: the operations torch's
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,13 +24,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-import result_file  # bench/result_file.py: the script's own folder is on sys.path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for bench.suite
-
-from bench.suite.configs import MODES  # noqa: E402
-from bench.suite.machine import DTYPES, FULL_SHAPES, conv_gflops  # noqa: E402
-from bench.suite.training import load_recipe, synchronize, timed_step, warm_trainer  # noqa: E402
+from bench import result_file
+from bench.suite.configs import MODES
+from bench.suite.machine import DTYPES, FULL_SHAPES, conv_gflops
+from bench.suite.training import load_recipe, synchronize, timed_step, warm_trainer
 
 
 class TensorSpec(tuple):

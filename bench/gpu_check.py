@@ -1,4 +1,4 @@
-"""python bench/gpu_check.py [--output JSON] [--batches 256 128 ...] [--skip-quickstart]
+"""python -m bench.gpu_check [--output JSON] [--batches 256 128 ...] [--skip-quickstart]
 
 Is this GPU machine ready for bifamily? One command, at most about 10 minutes on one GPU:
 
@@ -35,16 +35,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-import result_file  # bench/result_file.py: the script's own folder is on sys.path
+from bench import result_file
+from bench.suite.configs import MODELS
+from bench.suite.isolation import MeasurementFailed, isolated, preload
+from bench.suite.training import load_recipe, measure_steps, warm_trainer
+from bifamily.data import BatchStream
+from bifamily.session import prepare
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # the repository, for bench.suite
-
-from bench.suite.configs import MODELS  # noqa: E402
-from bench.suite.isolation import MeasurementFailed, isolated, preload  # noqa: E402
-from bench.suite.training import load_recipe, measure_steps, warm_trainer  # noqa: E402
-from bifamily.data import BatchStream  # noqa: E402
-from bifamily.session import prepare  # noqa: E402
 
 OUTPUT = REPO / "bench" / "results" / "gpu_check.json"
 QUICKSTART = "recipes/quickstart.toml"
@@ -217,7 +215,7 @@ def table(rows: list[dict[str, Any]], highres: dict[str, Any], quickstart: dict[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python bench/gpu_check.py", description=__doc__.splitlines()[2])
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.splitlines()[2])
     parser.add_argument("--output", type=Path, default=OUTPUT, help=f"JSON result (default {OUTPUT.relative_to(REPO)})")
     parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES), help="bigbigan_highres batches to try, largest first")
     parser.add_argument("--skip-quickstart", action="store_true", help="leave out the quick-start's wall time")
@@ -232,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     quickstart = None if args.skip_quickstart else quickstart_wall_time()
     print(table(rows, highres, quickstart))
     result_file.write(args.output, {
-        "command": " ".join(["python bench/gpu_check.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["python -m bench.gpu_check", *(argv if argv is not None else sys.argv[1:])]),
         "gpu": torch.cuda.get_device_name(0),
         "torch_cuda": torch.version.cuda,
         "paths": rows,

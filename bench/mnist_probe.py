@@ -1,10 +1,10 @@
 """Linear probe and k-NN on MNIST: the BiGAN recipe's trained encoder vs the same encoder at
 initialisation vs raw pixels.
 
-    python bench/mnist_probe.py                    # trains recipes/bigan.toml on MNIST, then evaluates
-    python bench/mnist_probe.py --steps 1500       # the recipe's full schedule
-    python bench/mnist_probe.py --skip-training    # evaluate the run directory of an earlier call
-    python bench/mnist_probe.py --recipe recipes/quickstart.toml --set optim.e_lr=1e-2 --output /tmp/b.json
+    python -m bench.mnist_probe                    # trains recipes/bigan.toml on MNIST, then evaluates
+    python -m bench.mnist_probe --steps 1500       # the recipe's full schedule
+    python -m bench.mnist_probe --skip-training    # evaluate the run directory of an earlier call
+    python -m bench.mnist_probe --recipe recipes/quickstart.toml --set optim.e_lr=1e-2 --output /tmp/b.json
 
 Data: the MNIST t10k files in ../shared/data/mnist; the mnist data set trains on its first 8000
 images and holds out the last 2000. Training is `bifamily run recipes/bigan.toml --set 'data={kind =
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-import result_file  # bench/result_file.py: the script's own folder is on sys.path
+from bench import result_file
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "mnist_probe.json"
@@ -130,7 +130,7 @@ def main() -> None:
         "benchmark": "linear probe and k-NN on MNIST t10k: train on the first 8000, score on the last 2000",
         "recipe": recipe,
         "training_command": shlex.join(command) if command else None,
-        "reproduce": shlex.join(["python", "bench/mnist_probe.py", "--steps", str(steps), "--recipe", recipe, *[f"--set={o}" for o in args.set]]),
+        "reproduce": shlex.join(["python", "-m", "bench.mnist_probe", "--steps", str(steps), "--recipe", recipe, *[f"--set={o}" for o in args.set]]),
         "training_steps": steps,
         "training_seconds": round(seconds, 1) if seconds else None,
         **evaluation,

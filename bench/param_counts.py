@@ -1,7 +1,7 @@
 """Per-module parameter counts of every shipped recipe, built the way `bifamily validate` builds them.
 
-    python bench/param_counts.py                     # every recipes/**/*.toml
-    python bench/param_counts.py recipes/bigbigan.toml
+    python -m bench.param_counts                     # every recipes/**/*.toml
+    python -m bench.param_counts recipes/bigbigan.toml
 
 For each recipe this runs validate's preparation (build and cross-check every component, open the
 data) and records validate's table plus one level deeper: the parameters of each component's direct

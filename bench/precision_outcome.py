@@ -1,8 +1,8 @@
 """Does the precision change what a recipe learns? The same recipe over several seeds in each precision.
 
-    python bench/precision_outcome.py                            # the quickstart, seeds 0-3, fp32 and bf16
-    python bench/precision_outcome.py --seeds 8 --parallel 2     # more seeds, two runs at a time
-    python bench/precision_outcome.py --recipe recipes/bigan.toml --set run.steps=800 --output /tmp/p.json
+    python -m bench.precision_outcome                            # the quickstart, seeds 0-3, fp32 and bf16
+    python -m bench.precision_outcome --seeds 8 --parallel 2     # more seeds, two runs at a time
+    python -m bench.precision_outcome --recipe recipes/bigan.toml --set run.steps=800 --output /tmp/p.json
 
 One run trains with one seed and one precision on its own (`bifamily run RECIPE --set run.seed=S --set
 train.precision=P`, a subprocess with `--threads` torch threads, exactly as a user runs it). Single
@@ -26,8 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import result_file  # bench/result_file.py: the script's own folder is on sys.path
-from run_reports import read_report, train_run
+from bench import result_file
+from bench.run_reports import read_report, train_run
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "precision_outcome.json"
@@ -131,7 +131,7 @@ def main() -> None:
         runs[precision].append(row)
     summary = summarise(runs)
     print_table(runs, summary)
-    reproduce = ["python", "bench/precision_outcome.py", "--recipe", args.recipe, "--precisions", ",".join(precisions),
+    reproduce = ["python", "-m", "bench.precision_outcome", "--recipe", args.recipe, "--precisions", ",".join(precisions),
                  "--seeds", str(args.seeds), "--threads", str(args.threads), *[f"--set={o}" for o in args.set]]
     report = {
         "benchmark": "the same recipe over seeds in each precision: end-of-run probe, k-NN and losses",

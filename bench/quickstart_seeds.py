@@ -1,8 +1,8 @@
 """The quickstart over seeds: wall time, what the encoder learned and how recognisable the samples are.
 
-    python bench/quickstart_seeds.py                       # seeds 0-3, fp32, 2 threads, one run at a time
-    python bench/quickstart_seeds.py --recipe recipes/shapes_showcase.toml --seeds 0,1
-    python bench/quickstart_seeds.py --skip-mnist --output /tmp/q.json
+    python -m bench.quickstart_seeds                       # seeds 0-3, fp32, 2 threads, one run at a time
+    python -m bench.quickstart_seeds --recipe recipes/shapes_showcase.toml --seeds 0,1
+    python -m bench.quickstart_seeds --skip-mnist --output /tmp/q.json
 
 Each seed is one `bifamily run RECIPE --set run.seed=S --set train.precision="fp32"` (a subprocess with
 `--threads` torch threads, exactly as a user runs it; fp32 is forced because the time budget must hold
@@ -32,8 +32,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import result_file  # bench/result_file.py: the script's own folder is on sys.path
-from run_reports import final_values, row_of, train_run
+from bench import result_file
+from bench.run_reports import final_values, row_of, train_run
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "quickstart_seeds.json"
@@ -106,7 +106,7 @@ def mnist(args: argparse.Namespace, seed: int, steps: int) -> dict[str, Any]:
     output = args.runs / f"mnist-seed{seed}.json"
     if not output.is_file():
         command = [
-            sys.executable, str(REPO / "bench" / "mnist_probe.py"), "--recipe", args.recipe, "--steps", str(steps),
+            sys.executable, "-m", "bench.mnist_probe", "--recipe", args.recipe, "--steps", str(steps),
             "--root", str(args.mnist), "--run-dir", str(args.runs / f"mnist-seed{seed}"), "--output", str(output),
             "--set", f"run.seed={seed}", "--set", 'train.precision="fp32"', *[f"--set={item}" for item in args.set],
         ]
@@ -164,7 +164,7 @@ def main() -> None:
     if not args.skip_mnist and args.mnist.is_dir():
         mnist_rows = [mnist(args, seed, recipe_steps(args)) for seed in args.seeds]
         print(format_mnist(mnist_rows))
-    reproduce = ["python", "bench/quickstart_seeds.py", "--recipe", args.recipe, "--seeds", ",".join(map(str, args.seeds)),
+    reproduce = ["python", "-m", "bench.quickstart_seeds", "--recipe", args.recipe, "--seeds", ",".join(map(str, args.seeds)),
                  "--threads", str(args.threads), *[f"--set={item}" for item in args.set]]
     result_file.write(args.output, {
         "benchmark": "a recipe over seeds in fp32: end-to-end wall time, probe and k-NN against initialisation, sample judge",

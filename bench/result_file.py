@@ -1,4 +1,4 @@
-"""What every stand-alone bench script records about the machine, and how it writes its JSON."""
+"""What every bench module records about the machine, and how it writes its JSON."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ def machine() -> dict[str, Any]:
     """The machine a figure was measured on, including how busy it was when the result was written."""
     import torch
 
+    from bench.suite.machine import cpu_model
     from bifamily.precision import native_bf16
-    from suite.machine import cpu_model
 
     return {
         "platform": platform.platform(),

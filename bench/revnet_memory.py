@@ -1,7 +1,7 @@
 """RevNet-50: training memory and step time with its memory-saving backward vs stored activations.
 
-    python bench/revnet_memory.py                    # batch 32 at 128x128, RevNet-50 x1 at 1/4 width
-    python bench/revnet_memory.py --base-width 64    # paper width (slow on a CPU; the default on CUDA)
+    python -m bench.revnet_memory                    # batch 32 at 128x128, RevNet-50 x1 at 1/4 width
+    python -m bench.revnet_memory --base-width 64    # paper width (slow on a CPU; the default on CUDA)
 
 Three builds of the same weights (same seed) run forward + backward of the RevNet-50 trunk and its
 global average pool (``features``; the residual MLP head after it is the same in every mode and keeps

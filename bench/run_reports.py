@@ -1,4 +1,4 @@
-"""Training a recipe's run as a user would and reading its end-of-run report, for the bench scripts
+"""Training a recipe's run as a user would and reading its end-of-run report, for the bench modules
 that train recipes over seeds."""
 
 from __future__ import annotations

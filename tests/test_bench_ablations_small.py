@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench_scripts import load_bench_script
+from bench import ablations_small
 from bifamily.recipe import load_raw
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,48 +54,44 @@ def test_base_is_the_papers_objective_at_the_quickstarts_scale():
     assert base["posterior"]["kind"] == "gaussian" and base["loss"]["x_unary"] == base["loss"]["z_unary"] == 1.0
 
 
-def test_every_row_of_the_bench_has_a_recipe(monkeypatch):
-    bench = load_bench_script(monkeypatch, "ablations_small")
-    assert sorted(bench.ROWS) == sorted(path.stem for path in RECIPES.glob("*.toml"))
-    assert all(d.better in bench.ROWS and d.worse in bench.ROWS for d in bench.DIRECTIONS)
+def test_every_row_of_the_bench_has_a_recipe():
+    assert sorted(ablations_small.ROWS) == sorted(path.stem for path in RECIPES.glob("*.toml"))
+    assert all(d.better in ablations_small.ROWS and d.worse in ablations_small.ROWS for d in ablations_small.DIRECTIONS)
 
 
-def test_summary_is_mean_sd_and_standard_error(monkeypatch):
-    bench = load_bench_script(monkeypatch, "ablations_small")
+def test_summary_is_mean_sd_and_standard_error():
     runs = [{"probe": 40.0, "knn": 30.0, "fd": 10.0}, {"probe": 44.0, "knn": 30.0, "fd": 14.0}]
-    stats = bench.row_summary("base", runs)
+    stats = ablations_small.row_summary("base", runs)
     assert stats["probe"] == {"mean": 42.0, "sd": pytest.approx(8**0.5), "se": pytest.approx(2.0), "n": 2}
     assert stats["knn"]["se"] == 0.0 and "recognisable" not in stats
-    assert set(bench.row_summary("no_e_gan", runs)) == {"fd"}  # its encoder is never trained
+    assert set(ablations_small.row_summary("no_e_gan", runs)) == {"fd"}  # its encoder is never trained
 
 
 def stats(mean: float, se: float) -> dict:
     return {"mean": mean, "sd": se * 2, "se": se, "n": 4}
 
 
-def test_margins_are_differences_in_standard_errors_in_the_papers_direction(monkeypatch):
-    bench = load_bench_script(monkeypatch, "ablations_small")
-    probe = bench.Direction("stochastic beats deterministic", "probe", "base", "deterministic_e")
+def test_margins_are_differences_in_standard_errors_in_the_papers_direction():
+    probe = ablations_small.Direction("stochastic beats deterministic", "probe", "base", "deterministic_e")
     table = {"base": {"probe": stats(45.0, 1.5)}, "deterministic_e": {"probe": stats(40.0, 2.0)}}
-    assert bench.margin(probe, table) == pytest.approx(2.0)  # 5 / hypot(1.5, 2)
-    assert bench.verdict(probe, 2.0) == "holds"
-    assert bench.verdict(probe, 0.5) == "same sign, within 2 SE"
-    assert bench.verdict(probe, -1.0) == "does not hold"
-    assert bench.verdict(probe, -2.5) == "reversed (by 2 SE or more)"
-    fd = bench.Direction("x unary: better samples", "fd", "x_unary_only", "z_unary_only")  # lower is better
+    assert ablations_small.margin(probe, table) == pytest.approx(2.0)  # 5 / hypot(1.5, 2)
+    assert ablations_small.verdict(probe, 2.0) == "holds"
+    assert ablations_small.verdict(probe, 0.5) == "same sign, within 2 SE"
+    assert ablations_small.verdict(probe, -1.0) == "does not hold"
+    assert ablations_small.verdict(probe, -2.5) == "reversed (by 2 SE or more)"
+    fd = ablations_small.Direction("x unary: better samples", "fd", "x_unary_only", "z_unary_only")  # lower is better
     table = {"x_unary_only": {"fd": stats(10.0, 0.3)}, "z_unary_only": {"fd": stats(12.0, 0.4)}}
-    assert bench.margin(fd, table) == pytest.approx(4.0)
-    no_better = bench.Direction("GAN no better", "fd", "base", "no_e_gan", at_least_as_good=True)
+    assert ablations_small.margin(fd, table) == pytest.approx(4.0)
+    no_better = ablations_small.Direction("GAN no better", "fd", "base", "no_e_gan", at_least_as_good=True)
     table = {"base": {"fd": stats(12.0, 0.3)}, "no_e_gan": {"fd": stats(11.0, 0.4)}}  # the GAN better by 2 SE
-    assert bench.margin(no_better, table) == pytest.approx(-2.0)
-    assert bench.verdict(no_better, -2.0) == "does not hold" and bench.verdict(no_better, -1.9) == "holds"
-    assert bench.margin(no_better, {"base": {}}) is None and bench.verdict(no_better, None) == "not measured"
-    assert math.isinf(bench.margin(probe, {"base": {"probe": stats(2, 0)}, "deterministic_e": {"probe": stats(1, 0)}}))
+    assert ablations_small.margin(no_better, table) == pytest.approx(-2.0)
+    assert ablations_small.verdict(no_better, -2.0) == "does not hold" and ablations_small.verdict(no_better, -1.9) == "holds"
+    assert ablations_small.margin(no_better, {"base": {}}) is None and ablations_small.verdict(no_better, None) == "not measured"
+    assert math.isinf(ablations_small.margin(probe, {"base": {"probe": stats(2, 0)}, "deterministic_e": {"probe": stats(1, 0)}}))
 
 
-def test_the_table_shows_mean_and_standard_error_and_a_dash_where_a_row_has_no_figure(monkeypatch):
-    bench = load_bench_script(monkeypatch, "ablations_small")
-    table = bench.format_table({
+def test_the_table_shows_mean_and_standard_error_and_a_dash_where_a_row_has_no_figure():
+    table = ablations_small.format_table({
         "base": {key: stats(1.0, 0.25) for key in ("probe", "knn", "recognisable", "coverage", "fd")},
         "no_e_gan": {"fd": stats(3.0, 0.5)},
     })
@@ -116,7 +112,7 @@ TINY = [
 def test_two_seeds_of_every_row_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("BIFAMILY_CACHE_DIR", str(tmp_path / "cache"))
     command = [
-        sys.executable, "bench/ablations_small.py", "--seeds", "0,1", "--steps", "3", "--runs", str(tmp_path / "runs"),
+        sys.executable, "-m", "bench.ablations_small", "--seeds", "0,1", "--steps", "3", "--runs", str(tmp_path / "runs"),
         "--output", str(tmp_path / "table.json"), *[f"--set={item}" for item in TINY],
     ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1800)

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from bench_scripts import load_bench_script
+from bench import gpu_check
 
 
-@pytest.fixture
-def gpu_check(monkeypatch):
-    return load_bench_script(monkeypatch, "gpu_check")
-
-
-def test_without_a_gpu_it_refuses_in_one_line_with_exit_2(gpu_check, monkeypatch, capsys, tmp_path):
+def test_without_a_gpu_it_refuses_in_one_line_with_exit_2(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     output = tmp_path / "gpu_check.json"
     assert gpu_check.main(["--output", str(output)]) == 2
@@ -25,7 +19,7 @@ def test_without_a_gpu_it_refuses_in_one_line_with_exit_2(gpu_check, monkeypatch
     assert not output.exists()
 
 
-def test_a_failing_path_is_recorded_with_its_error_and_the_next_one_still_runs(gpu_check):
+def test_a_failing_path_is_recorded_with_its_error_and_the_next_one_still_runs():
     rows = []
 
     def broken():

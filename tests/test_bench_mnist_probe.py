@@ -35,7 +35,7 @@ def fake_t10k(root: Path) -> None:
 
 def bench(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "bench/mnist_probe.py", *args], cwd=REPO, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "bench.mnist_probe", *args], cwd=REPO, capture_output=True, text=True, timeout=600
     )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench_scripts import load_bench_script
+from bench import precision_outcome
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -21,16 +21,12 @@ TINY = [
 ]
 
 
-def load_bench(monkeypatch):
-    return load_bench_script(monkeypatch, "precision_outcome")
-
-
 def row(probe, knn=0.0):
     return {"probe_top1": probe, "knn_top1": knn, "probe_gain": probe - 30, "loss_d": 4.0, "loss_eg": 2.0}
 
 
-def test_means_deviations_and_the_standard_error_of_their_difference(monkeypatch):
-    summary = load_bench(monkeypatch).summarise({"fp32": [row(40), row(44)], "bf16": [row(41), row(47), row(44)]})
+def test_means_deviations_and_the_standard_error_of_their_difference():
+    summary = precision_outcome.summarise({"fp32": [row(40), row(44)], "bf16": [row(41), row(47), row(44)]})
     assert summary["fp32"]["probe_top1"] == {"mean": 42.0, "sd": math.sqrt(8)}
     assert summary["bf16"]["probe_top1"] == {"mean": 44.0, "sd": 3.0}
     difference = summary["difference"]["probe_top1"]
@@ -41,7 +37,7 @@ def test_means_deviations_and_the_standard_error_of_their_difference(monkeypatch
 
 def bench(tmp_path: Path) -> subprocess.CompletedProcess:
     command = [
-        sys.executable, "bench/precision_outcome.py", "--seeds", "2", "--parallel", "2", "--runs", str(tmp_path / "runs"),
+        sys.executable, "-m", "bench.precision_outcome", "--seeds", "2", "--parallel", "2", "--runs", str(tmp_path / "runs"),
         "--output", str(tmp_path / "out.json"), *[f"--set={item}" for item in TINY],
     ]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)

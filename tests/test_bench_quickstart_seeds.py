@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bench_scripts import load_bench_script
+from bench import quickstart_seeds
+from bench.run_reports import final_values
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -24,37 +25,39 @@ def report(probe: float, probe_init: float) -> dict:
     return {"metric": "report", "probe_top1": probe, "probe_top1_init": probe_init, "knn_top1": 0.25, "knn_top1_init": 0.2}
 
 
-def test_rows_are_percent_with_the_gain_and_the_summary_is_mean_and_sd(monkeypatch):
-    bench = load_bench_script(monkeypatch, "quickstart_seeds")
-    rows = [{"seed": 0, **bench.row_of(report(0.5, 0.3), 240.0)}, {"seed": 1, **bench.row_of(report(0.4, 0.3), 250.0)}]
+def test_rows_are_percent_with_the_gain_and_the_summary_is_mean_and_sd():
+    rows = [
+        {"seed": 0, **quickstart_seeds.row_of(report(0.5, 0.3), 240.0)},
+        {"seed": 1, **quickstart_seeds.row_of(report(0.4, 0.3), 250.0)},
+    ]
     assert rows[0]["probe"] == 50.0 and rows[0]["probe_init"] == 30.0 and rows[0]["knn"] == 25.0
     assert rows[0]["probe_gain"] == pytest.approx(20.0) and rows[1]["probe_gain"] == pytest.approx(10.0)
-    stats = bench.summary(rows)
+    stats = quickstart_seeds.summary(rows)
     assert stats["wall_seconds"] == {"mean": 245.0, "sd": pytest.approx(50**0.5)}
     assert stats["probe_gain"]["mean"] == pytest.approx(15.0)
     assert "recognisable" not in stats  # no judge in these reports
-    table = bench.format_table(rows, stats, {})
+    table = quickstart_seeds.format_table(rows, stats, {})
     assert table.splitlines()[2].startswith("| 0 | 240 | 30.0 | 50.0 | +20.0 |")
     assert "| mean ± sd | 245 ± 7.1 |" in table
 
 
-def test_the_judge_figures_and_the_real_images_row(monkeypatch):
-    bench = load_bench_script(monkeypatch, "quickstart_seeds")
+def test_the_judge_figures_and_the_real_images_row():
     judged = {
         **report(0.5, 0.3), "judge_recognisable": 0.45, "judge_recognisable_real": 0.9, "judge_recognisable_ratio": 0.5,
         "judge_coverage": 0.8, "judge_coverage_real": 0.99, "judge_fd": 12.5, "judge_kid": 0.02,
     }
-    row = bench.row_of(judged, 200.0)
+    row = quickstart_seeds.row_of(judged, 200.0)
     assert (row["recognisable"], row["recognisable_ratio"], row["coverage"], row["fd"], row["kid"]) == (45.0, 0.5, 0.8, 12.5, 0.02)
-    assert bench.real_row(judged) == {"recognisable": 90.0, "coverage": 0.99}
-    assert bench.real_row(report(0.5, 0.3)) == {}
-    table = bench.format_table([{"seed": 0, **row}], bench.summary([{"seed": 0, **row}]), bench.real_row(judged))
+    assert quickstart_seeds.real_row(judged) == {"recognisable": 90.0, "coverage": 0.99}
+    assert quickstart_seeds.real_row(report(0.5, 0.3)) == {}
+    rows = [{"seed": 0, **row}]
+    table = quickstart_seeds.format_table(rows, quickstart_seeds.summary(rows), quickstart_seeds.real_row(judged))
     assert table.splitlines()[-1] == "| real held-out images |  |  |  |  |  |  | 90.0 |  | 0.990 |  |  |"
 
 
 def bench(tmp_path: Path) -> subprocess.CompletedProcess:
     command = [
-        sys.executable, "bench/quickstart_seeds.py", "--seeds", "0,1", "--threads", "1", "--skip-mnist",
+        sys.executable, "-m", "bench.quickstart_seeds", "--seeds", "0,1", "--threads", "1", "--skip-mnist",
         "--runs", str(tmp_path / "runs"), "--output", str(tmp_path / "out.json"), *[f"--set={item}" for item in TINY],
     ]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -76,10 +79,7 @@ def test_two_seeds_end_to_end_in_fp32_and_finished_runs_are_reused(tmp_path):
     assert json.loads((tmp_path / "out.json").read_text())["runs"][0]["wall_seconds"] == pytest.approx(first_seconds, abs=0.05)
 
 
-def test_final_values_merge_everything_at_the_last_step_the_latest_record_winning(monkeypatch, tmp_path):
-    load_bench_script(monkeypatch, "quickstart_seeds")
-    from run_reports import final_values
-
+def test_final_values_merge_everything_at_the_last_step_the_latest_record_winning(tmp_path):
     records = [
         {"step": 50, "metric": "judge", "judge_recognisable": 0.1},
         {"step": 100, "metric": "judge", "judge_recognisable": 0.2, "judge_fd": 9.0, "settings": {}},

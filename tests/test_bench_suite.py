@@ -15,14 +15,13 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # `bench` is a folder of scripts at the repository root, not installed
+from bench.suite import machine, report
+from bench.suite.__main__ import Suite
+from bench.suite.configs import MODELS, MODES, QUICK, SCALING_MODES
+from bench.suite.isolation import MeasurementFailed, isolated
+from bench.suite.pipeline import pipeline_rate
 
-from bench.suite import machine, report  # noqa: E402
-from bench.suite.__main__ import Suite  # noqa: E402
-from bench.suite.configs import MODELS, MODES, QUICK, SCALING_MODES  # noqa: E402
-from bench.suite.isolation import MeasurementFailed, isolated  # noqa: E402
-from bench.suite.pipeline import pipeline_rate  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 QUICK_MODELS = ["bigbigan_small", "mnist32_matched"]
 

@@ -1,4 +1,4 @@
-"""The RevNet memory benchmark (``bench/revnet_memory.py``, maintained on its own) as part of the suite."""
+"""The RevNet memory benchmark (``python -m bench.revnet_memory``, maintained on its own) as part of the suite."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-SCRIPT = Path(__file__).resolve().parents[1] / "revnet_memory.py"
+MODULE = "bench.revnet_memory"
 
 
 def revnet_memory(arguments: tuple[str, ...]) -> dict[str, Any]:
-    """The script's JSON result, run as its own command line runs it (call it in a child process:
+    """The module's JSON result, run as its own command line runs it (call it in a child process:
     it sets ``sys.argv``)."""
     with tempfile.TemporaryDirectory() as folder:
         output = Path(folder) / "revnet_memory.json"
-        sys.argv = [str(SCRIPT), *arguments, "--output", str(output)]
+        sys.argv = [MODULE, *arguments, "--output", str(output)]
         with contextlib.redirect_stdout(io.StringIO()):
-            runpy.run_path(str(SCRIPT), run_name="__main__")
+            runpy.run_module(MODULE, run_name="__main__", alter_sys=True)
         return json.loads(output.read_text())

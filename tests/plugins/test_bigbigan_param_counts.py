@@ -3,27 +3,16 @@ the built-in data at the same resolutions, and its per-part counts add up to val
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
-import pytest
-
+from bench import param_counts
 from bifamily.plugins import default_plugins
 from bifamily.recipe import load
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def param_counts() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("param_counts", REPO / "bench" / "param_counts.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_image_folder_recipes_are_validated_on_procedural_data_at_their_resolutions(param_counts):
+def test_image_folder_recipes_are_validated_on_procedural_data_at_their_resolutions():
     plugins = default_plugins()
     highres = REPO / "recipes" / "bigbigan_highres.toml"
     overrides = param_counts.procedural_override(load(highres, plugins))
@@ -36,7 +25,7 @@ def test_image_folder_recipes_are_validated_on_procedural_data_at_their_resoluti
     assert param_counts.procedural_override(small) == []
 
 
-def test_parts_add_up_to_validates_counts_for_the_cpu_recipe(param_counts):
+def test_parts_add_up_to_validates_counts_for_the_cpu_recipe():
     counts = param_counts.recipe_counts(REPO / "recipes" / "bigbigan_small.toml")
     validate, parts = counts["validate"], counts["children"]
     # the figures docs/models.md gives for this recipe

@@ -4,7 +4,6 @@ lists are keyed recipe errors, and recipes/bench/mnist32_matched.toml reproduces
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -166,11 +165,8 @@ def test_bad_lists_are_one_keyed_line_and_exit_2(override, expected, tmp_path, m
 
 @pytest.fixture(scope="module")
 def reference() -> dict:
-    sys.path.insert(0, str(REPO))  # `bench` is a folder of scripts at the repository root
-    try:
-        from bench.suite.anchor import REFERENCE
-    finally:
-        sys.path.remove(str(REPO))
+    from bench.suite.anchor import REFERENCE
+
     return REFERENCE
 
 

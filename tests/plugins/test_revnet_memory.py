@@ -3,28 +3,22 @@ peak training memory of RevNet-50 at most 40% of the same network with stored ac
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 
+from bench import revnet_memory
 from bifamily.context import BuildContext
 from bifamily_resnet.configs import RevNetConfig
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "revnet_memory.py"
 
 
 @pytest.fixture(scope="module")
 def bench() -> Iterator[ModuleType]:
-    spec = importlib.util.spec_from_file_location("revnet_memory", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield module
+    yield revnet_memory
     torch.set_num_threads(threads)
 
 
