@@ -1,8 +1,8 @@
 """What `train.keep_freed_memory` buys on a CPU: training steps with glibc's default malloc thresholds
 against steps with freed memory kept in the process.
 
-    python -m bench.allocator                       # four models, 3 repetitions, about 8 minutes on 2 cores
-    python -m bench.allocator --models quickstart --repeats 5 --threads 1
+    python -m bench.keep_freed_memory                       # four models, 3 repetitions, about 8 minutes on 2 cores
+    python -m bench.keep_freed_memory --models quickstart --repeats 5 --threads 1
 
 Each measurement is a fresh interpreter (the malloc setting is process-wide) that builds the model as
 `bifamily run` does, takes 3 warm-up steps and times `--steps` more: median wall time, median process
@@ -72,7 +72,7 @@ def measure(recipe_path: str, overrides: list[str], steps: int) -> dict[str, flo
 
 def run_arm(model: str, arm: str, args: argparse.Namespace) -> dict[str, float]:
     recipe, *overrides = MODELS[model]
-    command = [sys.executable, "-m", "bench.allocator", "--worker", "--steps", str(args.steps), recipe, *overrides, ARMS[arm]]
+    command = [sys.executable, "-m", "bench.keep_freed_memory", "--worker", "--steps", str(args.steps), recipe, *overrides, ARMS[arm]]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads else dict(os.environ)
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     if result.returncode != 0:
@@ -120,7 +120,7 @@ def main() -> None:
         )
     report = {
         "benchmark": "training steps with glibc's default malloc thresholds vs train.keep_freed_memory",
-        "command": " ".join(["python", "-m", "bench.allocator", *sys.argv[1:]]),
+        "command": " ".join(["python", "-m", "bench.keep_freed_memory", *sys.argv[1:]]),
         "threads": args.threads or "torch default",
         "models": results,
     }

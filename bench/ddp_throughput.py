@@ -1,7 +1,7 @@
 """Training step time and images/s: 1 rank vs 2 ranks (DDP, gloo on CPU / NCCL on CUDA), fp32 vs bf16.
 
-    python -m bench.distributed                      # the quickstart model, batch 64 at 32x32, CPU
-    python -m bench.distributed --set train.batch_size=128 --steps 20
+    python -m bench.ddp_throughput                      # the quickstart model, batch 64 at 32x32, CPU
+    python -m bench.ddp_throughput --set train.batch_size=128 --steps 20
 
 Each configuration runs in fresh processes (torch.multiprocessing, one per rank, the environment
 torchrun would set) through the real trainer: ``Trainer.fit`` with an ``on_tick`` callback that
