@@ -113,9 +113,6 @@ class PluginSet:
     def failed(self) -> list[PluginInfo]:
         return [info for info in self.infos if info.error is not None]
 
-    def _info(self, plugin_name: str) -> PluginInfo | None:
-        return next((info for info in self.infos if info.name == plugin_name), None)
-
     def _collect(self, kind: str, hook_name: str) -> None:
         hook_caller = getattr(self.manager.hook, hook_name)
         for impl in hook_caller.get_hookimpls():

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bifamily.testing.idx import write_idx
+from idx_files import write_idx
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = {

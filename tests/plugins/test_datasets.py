@@ -20,12 +20,13 @@ from bifamily.config import structure
 from bifamily.context import BuildContext
 from bifamily.errors import DataError, RecipeError
 from bifamily.interfaces import LabelledDataset
-from bifamily.testing.idx import write_idx
 from bifamily_datasets import ImageFolderConfig, MnistConfig, ProceduralConfig
 from bifamily_datasets.counter_rng import uniforms
 from bifamily_datasets.crops import UNIFORMS_PER_CROP, distorted, random_resized
 from bifamily_datasets.shapes import SHAPES
 from bifamily_datasets.torchvision_sets import TorchvisionConfig
+
+from idx_files import write_idx
 
 CONFIGS = [ProceduralConfig, MnistConfig, ImageFolderConfig]
 MNIST_DIR = Path("/work/shared/data/mnist")

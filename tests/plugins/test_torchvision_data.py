@@ -25,8 +25,9 @@ from bifamily.config import structure
 from bifamily.context import BuildContext
 from bifamily.errors import DataError, RecipeError
 from bifamily.evaluation.metrics import evaluated
-from bifamily.testing.idx import write_idx
 from bifamily_datasets import TorchvisionConfig
+
+from idx_files import write_idx
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = str(REPO / "recipes" / "quickstart.toml")

@@ -1,4 +1,4 @@
-"""Writes idx files (MNIST's format) so tests can feed the mnist data set without the real files."""
+"""Writes idx files (MNIST's format) so the tests can feed the mnist data set without the real files."""
 
 from __future__ import annotations
 
