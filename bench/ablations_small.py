@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import math
 import shlex
-import statistics
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from bench import result_file
-from bench.run_reports import final_values, row_of, train_run
+from bench.run_reports import final_values, mean_sd, row_of, train_run
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "ablations_small.json"
@@ -89,8 +88,8 @@ def run_command(args: argparse.Namespace, row: str, seed: int | str) -> list[str
 
 def mean_and_error(values: list[float]) -> dict[str, float]:
     """Mean, sample standard deviation and standard error of the mean over the seeds."""
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"mean": statistics.fmean(values), "sd": sd, "se": sd / math.sqrt(len(values)), "n": len(values)}
+    stats = mean_sd(values)
+    return {**stats, "se": stats["sd"] / math.sqrt(len(values)), "n": len(values)}
 
 
 def row_summary(row: str, runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

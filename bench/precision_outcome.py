@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import result_file
-from bench.run_reports import read_report, train_run
+from bench.run_reports import mean_sd, read_report, train_run
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "precision_outcome.json"
@@ -75,10 +75,7 @@ def summarise(runs: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
     (second minus first) and its standard error."""
     summary: dict[str, Any] = {}
     for precision, rows in runs.items():
-        summary[precision] = {
-            key: {"mean": statistics.fmean(r[key] for r in rows), "sd": statistics.stdev(r[key] for r in rows) if len(rows) > 1 else 0.0}
-            for key in MEASURES
-        }
+        summary[precision] = {key: mean_sd([r[key] for r in rows]) for key in MEASURES}
     if len(runs) == 2:
         first, second = list(runs)
         summary["difference"] = {

@@ -26,14 +26,13 @@ import argparse
 import json
 import os
 import shlex
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from bench import result_file
-from bench.run_reports import final_values, row_of, train_run
+from bench.run_reports import final_values, mean_sd, row_of, train_run
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "quickstart_seeds.json"
@@ -76,13 +75,7 @@ def real_row(report: dict[str, Any]) -> dict[str, Any]:
 def summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Mean and sample standard deviation of every figure over the seeds."""
     keys = [key for key, _, _ in COLUMNS if all(row.get(key) is not None for row in rows)]
-    return {
-        key: {
-            "mean": statistics.fmean(row[key] for row in rows),
-            "sd": statistics.stdev(row[key] for row in rows) if len(rows) > 1 else 0.0,
-        }
-        for key in keys
-    }
+    return {key: mean_sd([row[key] for row in rows]) for key in keys}
 
 
 def format_table(rows: list[dict[str, Any]], stats: dict[str, dict[str, float]], real: dict[str, Any]) -> str:

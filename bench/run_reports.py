@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -75,3 +76,8 @@ def row_of(report: dict[str, Any], seconds: float | None) -> dict[str, Any]:
         row["fd"] = report["judge_fd"]
         row["kid"] = report["judge_kid"]
     return row
+
+
+def mean_sd(values: list[float]) -> dict[str, float]:
+    """Mean and sample standard deviation of one figure over seeds (sd 0 for a single seed)."""
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
