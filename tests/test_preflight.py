@@ -24,7 +24,7 @@ BIGBIGAN_SMALL = RECIPES / "bigbigan_small.toml"
 REFUSED = [
     pytest.param(
         QUICKSTART, ['run.device="cuda"'], ["$.run.device"], id="cuda without CUDA",
-        marks=pytest.mark.skipif(torch.cuda.is_available(), reason="checks that cuda is refused where there is none; with CUDA present the recipe is valid"),
+        marks=pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal of run.device = \"cuda\" on a machine without CUDA; where CUDA is present that recipe is valid"),
     ),
     pytest.param(QUICKSTART, ['run.device="cpu"', 'train.precision="fp16"'], ["$.train.precision"], id="fp16 on CPU"),
     pytest.param(QUICKSTART, ["train.batch_size=10", "train.accumulation=4"], ["$.train.batch_size"], id="batch split"),
