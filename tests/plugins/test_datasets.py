@@ -26,7 +26,7 @@ from bifamily_datasets.crops import UNIFORMS_PER_CROP, distorted, random_resized
 from bifamily_datasets.shapes import SHAPES
 from bifamily_datasets.torchvision_sets import TorchvisionConfig
 
-from idx_files import write_idx
+from tests.helpers.idx_files import write_idx
 
 CONFIGS = [ProceduralConfig, MnistConfig, ImageFolderConfig]
 MNIST_DIR = Path("/work/shared/data/mnist")

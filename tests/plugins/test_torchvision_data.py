@@ -27,7 +27,7 @@ from bifamily.errors import DataError, RecipeError
 from bifamily.evaluation.metrics import evaluated
 from bifamily_datasets import TorchvisionConfig
 
-from idx_files import write_idx
+from tests.helpers.idx_files import write_idx
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = str(REPO / "recipes" / "quickstart.toml")

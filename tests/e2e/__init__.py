@@ -1,0 +1,1 @@
+"""End-to-end tests: the command line, whole runs, the shipped recipes and the documentation site."""

@@ -1,0 +1,1 @@
+"""What several test modules share: small recipes, fake data files, process helpers."""

@@ -1,0 +1,1 @@
+"""Unit tests of the bifamily package, one module per module where they fit."""

@@ -1,0 +1,1 @@
+"""Tests of bifamily.testing, the contract checks plugin authors run."""
