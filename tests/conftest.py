@@ -13,6 +13,9 @@ import pytest  # noqa: E402
 
 from bifamily.plugins import AUTOLOAD_ENV, default_plugins  # noqa: E402
 
+# Assertions in shared helpers (tests/helpers/checkpoints.py) report their operands as in a test module.
+pytest.register_assert_rewrite("tests.helpers")
+
 
 @pytest.fixture
 def third_party(tmp_path, monkeypatch):

@@ -1,1 +1,2 @@
-"""What several test modules share: small recipes, fake data files, process helpers."""
+"""What several test modules share: a tiny model recipe, fake MNIST files, checkpoint helpers, process
+helpers and the rank function of the distributed tests."""

@@ -1,1 +1,1 @@
-"""Tests of bifamily.checkpoint."""
+"""Tests of bifamily.checkpoint, one module per module: files, snapshot, resume, manager."""
