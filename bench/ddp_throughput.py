@@ -51,18 +51,16 @@ def _rank(rank: int, world_size: int, port: int, overrides: list[str], threads: 
     from bifamily.plugins import default_plugins
     from bifamily.recipe import load
     from bifamily.rundir import RunWriter
-    from bifamily.session import prepare
-    from bifamily.train import Trainer, make_state
+    from bifamily.session import make_trainer, prepare
 
     recipe = load(QUICKSTART, default_plugins(), overrides)
     world = distributed.world_from_environment(recipe.run.device)
     stamps: list[float] = []
     with distributed.joined(world, recipe.train.collective_timeout_s):
         prepared = prepare(recipe, world)
-        state = make_state(recipe, prepared.model, prepared.train_data, world)
         if world.is_main:
             RunWriter(out / "run").create(recipe.to_dict())
-        trainer = Trainer(recipe, state, out / "run", world=world, progress=False)
+        trainer = make_trainer(prepared, out / "run", world=world, progress=False)
         recon = torch.stack([prepared.test_data[i][0] for i in range(4)])
         stamps.append(time.perf_counter())
         trainer.fit(recon, on_tick=lambda _: stamps.append(time.perf_counter()))
@@ -74,7 +72,7 @@ def measure(world_size: int, precision: str, args: argparse.Namespace, cores: in
     steps = args.warmup + args.steps + 1  # the last step writes a checkpoint: never timed
     overrides = [
         *args.overrides, f"train.precision={precision}", f"run.steps={steps}", f"run.log_every={steps}",
-        f"run.sample_every={steps}", f"run.checkpoint_every={steps}", "eval.probe=false",
+        f"run.sample_every={steps}", f"run.checkpoint_every={steps}", 'eval.report=""',
     ]
     threads = max(1, cores // world_size)
     load_before = os.getloadavg()[0]

@@ -43,14 +43,12 @@ def measure(recipe_path: str, overrides: list[str], steps: int) -> dict[str, flo
     """In this process: build, warm up, time ``steps`` training steps."""
     from bifamily.plugins import default_plugins
     from bifamily.recipe import load
-    from bifamily.session import prepare
-    from bifamily.train import Trainer, make_state
+    from bifamily.session import make_trainer, prepare
 
     recipe = load(recipe_path, default_plugins(), overrides)
     with tempfile.TemporaryDirectory() as run_dir:
         prepared = prepare(recipe)
-        state = make_state(recipe, prepared.model, prepared.train_data)
-        trainer = Trainer(recipe, state, Path(run_dir), progress=False)
+        trainer = make_trainer(prepared, Path(run_dir), progress=False)
         for _ in range(3):
             trainer.train_step()
         walls, cpus = [], []

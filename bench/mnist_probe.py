@@ -58,7 +58,7 @@ def train(args: argparse.Namespace) -> tuple[list[str], float]:
         sys.exit(2)
     data = f'data={{kind = "mnist", root = {json.dumps(args.root)}}}'
     command = [
-        "bifamily", "run", args.recipe, "--set", data, "--set", f"run.steps={args.steps}", "--set", "eval.probe=false",
+        "bifamily", "run", args.recipe, "--set", data, "--set", f"run.steps={args.steps}", "--set", 'eval.report=""',
         "--set", f"run.checkpoint_every={args.steps}", "--set", f"run.sample_every={args.steps}",
         "--out", os.path.relpath(args.run_dir, REPO), "--no-progress",
     ]
@@ -75,14 +75,14 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from bifamily.checkpoint.snapshot import load_snapshot
     from bifamily.plugins import default_plugins
     from bifamily.recipe import apply_overrides, from_dict
-    from bifamily.session import open_data
+    from bifamily.preflight import open_data
 
     plugins = default_plugins()
 
     def overrides(features: str) -> list[str]:
         return [
-            "eval.train_samples=8000", "eval.test_samples=2000", f"eval.probe_steps={args.probe_steps}",
-            "eval.probe_lr=0.01", f'metrics.probe={{lrs = "0.001,0.1", transform = "bn_crelu", features = "{features}"}}',
+            "eval.train_samples=8000", "eval.test_samples=2000",
+            f'metrics.probe={{steps = {args.probe_steps}, lrs = "0.01,0.001,0.1", transform = "bn_crelu", features = "{features}"}}',
             f'metrics.knn={{k = {args.k}, features = "{features}"}}', "run.device=cpu",
         ]
 

@@ -56,7 +56,7 @@ def outcome(folder: Path) -> dict[str, float]:
     """Probe and k-NN of the report (percent) and the mean losses over the last quarter of the steps."""
     report = read_report(folder)
     if report is None or "probe_top1" not in report:
-        raise SystemExit(f"error: {folder}: no end-of-run probe report (the recipe needs eval.probe and labels)")
+        raise SystemExit(f"error: {folder}: no end-of-run probe report (the recipe needs eval.report and labels)")
     stats = [json.loads(line) for line in (folder / "stats.jsonl").read_text().splitlines() if line.strip()]
     last_step = stats[-1]["step"]
     tail = [s for s in stats if s["step"] > 0.75 * last_step]

@@ -300,9 +300,10 @@ def eval_command(snapshot: str, metrics: str | None, overrides: tuple[str, ...],
       bifamily eval runs/00003-bigan/best --metrics fid --set 'feature_networks.inception.weights="inception-2015-12-05.pt"'
       bifamily eval snapshot.safetensors --set 'data={kind = "mnist", root = "../shared/data/mnist"}'
     """
-    from bifamily.evaluation.metrics import build_metrics, check_labels, evaluate, format_table, make_subject, write_records
+    from bifamily.evaluation.metrics import build_metrics, check_labels, format_table, write_records
+    from bifamily.evaluation.runner import Evaluator
     from bifamily.rundir import RunWriter
-    from bifamily.session import open_data
+    from bifamily.preflight import open_data
 
     if metrics is not None:
         overrides = (*overrides, f"eval.metrics={json.dumps(metrics)}")
@@ -314,8 +315,8 @@ def eval_command(snapshot: str, metrics: str | None, overrides: tuple[str, ...],
     built = build_metrics(recipe, _plugins(), names, model.context)
     train_data, test_data = open_data(recipe, model.context)
     check_labels(built, train_data, test_data)
-    subject = make_subject(recipe, model.generator, model.encoder, model.prior, model.context, train_data, test_data)
-    records = evaluate(built, subject, loaded.step)
+    evaluator = Evaluator(recipe, model.prior, model.context, train_data, test_data)
+    records = evaluator.compute(built, model.generator, model.encoder, loaded.step)
     click.echo(format_table(records))
     if loaded.run_dir is not None:
         write_records(RunWriter(loaded.run_dir), records)
@@ -383,7 +384,7 @@ def reconstruct(
 
     from bifamily.evaluation import reconstruction as rec
     from bifamily.evaluation.images import load_images, save_grid
-    from bifamily.session import open_data
+    from bifamily.preflight import open_data
 
     loaded = _snapshot(snapshot, overrides, device)
     model, ctx = loaded.model, loaded.model.context

@@ -31,9 +31,10 @@ from bifamily.build import Model, build_on_meta, make_context
 from bifamily.context import BuildContext
 from bifamily.distributed import World, config_problems, resolve_device
 from bifamily.errors import BifamilyError, DataError, RecipeError
-from bifamily.evaluation.metrics import Direction, Metric, best_direction, build_metrics, check_labels
+from bifamily.evaluation.metrics import best_direction, build_metrics, check_labels
+from bifamily.metric_interfaces import Direction, Metric
 from bifamily.plugins import PluginSet, default_plugins
-from bifamily.recipe import REPORT_METRICS, Recipe
+from bifamily.recipe import Recipe
 from bifamily.tensorboard_events import missing_package_problems
 
 T = TypeVar("T")
@@ -50,8 +51,18 @@ class Checked:
     meta_model: Model
     train_data: Any
     test_data: Any
+    metrics: EvaluationMetrics = attrs.field(factory=lambda: EvaluationMetrics())
+
+
+@attrs.frozen
+class EvaluationMetrics:
+    """The metrics a run computes, built: on its schedule, in its end-of-run report (``report`` on the
+    trained encoder and the one at initialisation, ``report_extra`` once on the trained weights; no report
+    when ``report`` is empty)."""
+
     scheduled: dict[str, Metric] = attrs.field(factory=dict)  # run every `eval.every` steps
-    report: dict[str, Metric] = attrs.field(factory=dict)  # the end-of-run report's (empty: no report)
+    report: dict[str, Metric] = attrs.field(factory=dict)
+    report_extra: dict[str, Metric] = attrs.field(factory=dict)
     best: Direction | None = None  # direction of `eval.best`, when a best snapshot is kept
 
 
@@ -73,8 +84,7 @@ def preflight(recipe: Recipe, world: World | None = None, plugins: PluginSet | N
     if problems:
         raise RecipeError(problems, source=recipe.source)
     assert data is not None and metrics is not None and meta_model is not None
-    scheduled, report, best = metrics
-    return Checked(recipe, world, ctx, meta_model, *data, scheduled=scheduled, report=report, best=best)
+    return Checked(recipe, world, ctx, meta_model, *data, metrics=metrics)
 
 
 FLOAT32_COPIES = 4  # weights, gradients and Adam's two moments; G and E add one EMA copy each
@@ -137,14 +147,11 @@ def _open_training_data(recipe: Recipe, ctx: BuildContext) -> tuple[Any, Any]:
     return train_data, test_data
 
 
-def _metrics(
-    recipe: Recipe, plugins: PluginSet, ctx: BuildContext, data: tuple[Any, Any] | None
-) -> tuple[dict[str, Metric], dict[str, Metric], Direction | None]:
-    """The scheduled metrics, the report's and the direction of ``eval.best``; refuses what cannot
-    work before training starts. Without ``data`` (it did not open) the checks that need it are skipped."""
+def _metrics(recipe: Recipe, plugins: PluginSet, ctx: BuildContext, data: tuple[Any, Any] | None) -> EvaluationMetrics:
+    """The run's metrics, built; refuses what cannot work before training starts. Without ``data`` (it did
+    not open) the checks that need it are skipped."""
     ev = recipe.eval
     scheduled: dict[str, Metric] = {}
-    report: dict[str, Metric] = {}
     best = None
     if ev.best and not ev.every:
         raise RecipeError([f"$.eval.best: {ev.best!r} needs scheduled metrics: set $.eval.every > 0"])
@@ -156,12 +163,8 @@ def _metrics(
             check_labels(scheduled, *data)
         if ev.best:
             best = best_direction(ev.best, scheduled)
-    if ev.probe and data is not None and getattr(data[1], "num_classes", 0) > 0:
-        if plugins.registry.get("metric", "probe") is None:
-            raise RecipeError(
-                ["$.eval.probe: the end-of-run report needs the 'probe' metric, which no loaded plugin registers; "
-                 "set eval.probe = false"]
-            )
-        names = [name for name in (*REPORT_METRICS, *ev.report_extra_names) if plugins.registry.get("metric", name) is not None]
-        report = build_metrics(recipe, plugins, names, ctx)
-    return scheduled, report, best
+    if not ev.report_names or data is None or getattr(data[1], "num_classes", 0) == 0:  # off, or no labels
+        return EvaluationMetrics(scheduled, best=best)
+    report = build_metrics(recipe, plugins, ev.report_names, ctx, key="$.eval.report")
+    extra = build_metrics(recipe, plugins, ev.report_extra_names, ctx, key="$.eval.report_extra")
+    return EvaluationMetrics(scheduled, report, extra, best)

@@ -17,191 +17,11 @@ from typing import Any
 
 import attrs
 
-from bifamily.config import (
-    SAFE_NAME_RULE,
-    check,
-    device_name,
-    in_range,
-    is_safe_name,
-    non_negative,
-    one_of,
-    option,
-    positive,
-    safe_name,
-    structure,
-    unstructure,
-)
+from bifamily.config import safe_name, structure, unstructure
 from bifamily.errors import RecipeError
+from bifamily.evaluation.config import EvalConfig
 from bifamily.plugins import BLOCK_ENV, KINDS, PluginSet
-
-
-@attrs.frozen
-class RunConfig:
-    """[run]: what this run is and how often it reports."""
-
-    name: str = option(
-        "",
-        help=f"Run name, part of the run directory's name; defaults to the recipe file's stem. {SAFE_NAME_RULE}.",
-        validator=check(lambda v: v == "" or is_safe_name(v), f"must be one folder name of {SAFE_NAME_RULE}, got {{value}}"),
-    )
-    seed: int = option(
-        0, help="Seed for weights, data order, latents and noise (0 to 2**32 - 1).", validator=in_range(0, 2**32 - 1)
-    )
-    steps: int = option(1000, help="Training iterations; one = `train.d_steps` D updates + 1 G/E update.", validator=positive)
-    device: str = option(
-        "auto", help="'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'.", validator=device_name
-    )
-    out_root: str = option("runs", help="Folder that holds run directories when --out is not given.")
-    log_every: int = option(50, help="Write a stats.jsonl line every this many steps.", validator=positive)
-    sample_every: int = option(500, help="Write sample and reconstruction grids every this many steps (and at the end).", validator=positive)
-    checkpoint_every: int = option(500, help="Write a checkpoint every this many steps (and at the end).", validator=positive)
-    keep_checkpoints: int = option(3, help="How many recent checkpoints to keep on disk.", validator=positive)
-    tensorboard: bool = option(
-        False,
-        help="Also write losses, metrics and sample grids as TensorBoard event files to RUN_DIR/tensorboard/ "
-        "(needs the tensorboard package: pip install tensorboard).",
-    )
-
-
-@attrs.frozen
-class TrainConfig:
-    """[train]: the shape of one training iteration."""
-
-    batch_size: int = option(
-        64,
-        help="Global images per update, summed over all ranks (each D step and the G/E step draw a fresh batch). "
-        "Must be a multiple of accumulation x the number of ranks.",
-        validator=positive,
-    )
-    accumulation: int = option(
-        1,
-        help="Micro-steps per update (gradient accumulation): each rank computes batch_size / (accumulation x "
-        "ranks) images at a time. Batch norm in G and E normalises over the batch_size / accumulation images "
-        "of a micro-step, on any number of ranks.",
-        validator=positive,
-    )
-    d_steps: int = option(2, help="Discriminator updates before each joint generator+encoder update.", validator=positive)
-    precision: str = option(
-        "fp32",
-        help="'fp32'; 'bf16' autocast (CPU and CUDA); 'fp16' autocast with dynamic loss scaling (CUDA only); or "
-        "'auto': bf16 where the device has bf16 in hardware (CUDA, or a CPU with AMX or AVX512-BF16), else fp32. "
-        "Spectral norm's power iteration always runs in fp32.",
-        validator=one_of("auto", "fp32", "bf16", "fp16"),
-    )
-    channels_last: bool = option(False, help="Keep images and conv weights in NHWC memory layout (faster convs on tensor cores and oneDNN).")
-    compile: bool = option(False, help="torch.compile the G+E and D step modules (slow first steps, faster after).")
-    keep_freed_memory: bool = option(
-        True,
-        help="CPU runs: have glibc's malloc keep freed memory for reuse instead of handing it back to the kernel, "
-        "so each step does not fault in fresh pages (process-wide; no effect on other C libraries or devices; "
-        "see docs/performance.md).",
-    )
-    num_workers: int = option(0, help="Data-loader worker processes per rank (0 = load in the training process).", validator=non_negative)
-    collective_timeout_s: int = option(
-        900,
-        help="Distributed runs: seconds a rank waits in a collective (all-reduce, barrier) before the job fails; "
-        "covers rank 0 writing a checkpoint while the others wait.",
-        validator=in_range(1, 10**8),
-    )
-
-
-@attrs.frozen
-class OptimConfig:
-    """[optim]: Adam as in BigGAN. One optimizer updates G and E together; D has its own."""
-
-    g_lr: float = option(1e-4, help="Generator learning rate.", validator=positive)
-    e_lr: float | None = option(None, help="Encoder learning rate; defaults to g_lr ('E up-LR' rows use 10x).")
-    d_lr: float = option(4e-4, help="Discriminator learning rate.", validator=positive)
-    beta1: float = option(0.0, help="Adam beta1.", validator=in_range(0.0, 1.0))
-    beta2: float = option(0.999, help="Adam beta2.", validator=in_range(0.0, 1.0))
-    eps: float = option(1e-8, help="Adam epsilon.", validator=positive)
-
-    @property
-    def encoder_lr(self) -> float:
-        return self.g_lr if self.e_lr is None else self.e_lr
-
-
-@attrs.frozen
-class EmaConfig:
-    """[ema]: exponential moving average of G and E weights, used for every evaluation."""
-
-    decay: float = option(0.9999, help="EMA decay per G/E update.", validator=in_range(0.0, 1.0))
-    warmup: bool = option(True, help="Ramp the decay as min(decay, (1+t)/(10+t)) so short runs average recent weights, not the initialisation.")
-    start_step: int = option(0, help="Copy weights (no averaging) until this step.", validator=non_negative)
-
-
-@attrs.frozen
-class EvalConfig:
-    """[eval]: the end-of-run report, metrics during training, and the shared settings of the
-    representation metrics. Each metric's own settings go in [metrics.NAME] (docs/evaluation.md)."""
-
-    probe: bool = option(
-        True,
-        help="End-of-run report: linear-probe (and k-NN) top-1 of the EMA encoder next to the same encoder "
-        "at initialisation. Skipped for a data set without labels.",
-    )
-    train_samples: int = option(5000, help="Labelled training images the linear probe is fitted on (and k-NN searches).", validator=positive)
-    test_samples: int = option(2000, help="Held-out images the linear probe and k-NN are scored on.", validator=positive)
-    probe_steps: int = option(1000, help="Adam steps of the linear probe (the paper: 5000).", validator=positive)
-    probe_lr: float = option(0.01, help="Linear-probe learning rate ([metrics.probe] lrs sweeps more).", validator=positive)
-    metrics: str = option(
-        "probe,knn",
-        help="Comma-separated metrics run every `every` steps and by `bifamily eval` (installed ones: "
-        "`bifamily plugins`).",
-    )
-    every: int = option(
-        0,
-        help="During training, run `metrics` on the EMA weights every this many steps and at the last step "
-        "(0: never). Rank 0 computes while other ranks go on.",
-        validator=non_negative,
-    )
-    best: str = option(
-        "",
-        help="A value of the scheduled metrics (e.g. 'probe_top1', 'fid') by which RUN_DIR/best/snapshot.safetensors "
-        "keeps the best snapshot; empty: none.",
-    )
-    batch_size: int = option(256, help="Images per forward pass when metrics extract features or generate samples.", validator=positive)
-    report_extra: str = option(
-        "",
-        help="Comma-separated metrics the end-of-run report adds, computed once on the EMA weights (e.g. 'judge': "
-        "sample quality next to held-out real images).",
-    )
-
-    @property
-    def metric_names(self) -> list[str]:
-        """The names in ``metrics``, in order, without blanks or repeats."""
-        return _names(self.metrics)
-
-    @property
-    def report_extra_names(self) -> list[str]:
-        """The names in ``report_extra``, in order, without blanks or repeats."""
-        return _names(self.report_extra)
-
-
-def _names(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",")]
-    return list(dict.fromkeys(name for name in names if name))
-
-
-@attrs.frozen
-class GuardConfig:
-    """[guard]: what happens when a loss or gradient stops being finite (the run diverged).
-
-    The check runs at every logging, grid and checkpoint step, before anything is written, so a
-    diverged state is never checkpointed (docs/reliability.md)."""
-
-    on_nonfinite: str = option(
-        "stop",
-        help="'stop': report the step and the module, write nothing more and exit with code 3. 'rollback': "
-        "reload the latest checkpoint and continue with a fresh data order and fresh latents.",
-        validator=one_of("stop", "rollback"),
-    )
-    max_rollbacks: int = option(
-        3,
-        help="With 'rollback': rollbacks allowed without a new checkpoint in between; one more divergence "
-        "stops the run as 'stop' would.",
-        validator=positive,
-    )
+from bifamily.train_config import EmaConfig, GuardConfig, OptimConfig, RunConfig, TrainConfig
 
 
 FRAMEWORK_SECTIONS: dict[str, type] = {
@@ -212,11 +32,8 @@ FRAMEWORK_SECTIONS: dict[str, type] = {
     "eval": EvalConfig,
     "guard": GuardConfig,
 }
-# Sections of per-name settings of evaluation plugins: [metrics.probe], [feature_networks.inception].
+# Sections of per-name settings of evaluation plugins: [metrics.NAME], [feature_networks.NAME].
 NAMED_SECTIONS: dict[str, str] = {"metrics": "metric", "feature_networks": "feature_network"}
-# Metrics the end-of-run report ([eval] probe) runs on the trained encoder and on the same encoder at
-# initialisation; `eval.report_extra` names more, run once.
-REPORT_METRICS = ("probe", "knn")
 
 
 @attrs.frozen
@@ -474,8 +291,7 @@ def _add_named_metrics(eval_config: EvalConfig, configs: dict[str, Any], plugins
     """Resolve the metrics [eval] names (and the report's) with default settings where none are given."""
     wanted = [(name, "$.eval.metrics") for name in eval_config.metric_names]
     wanted += [(name, "$.eval.report_extra") for name in eval_config.report_extra_names]
-    if eval_config.probe:
-        wanted += [(name, None) for name in REPORT_METRICS]
+    wanted += [(name, "$.eval.report") for name in eval_config.report_names]
     for name, key in wanted:
         if name in configs:
             continue

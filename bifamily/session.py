@@ -16,38 +16,30 @@ import logging
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import attrs
 import torch
 
 from bifamily import __version__
 from bifamily.allocator import keep_freed_memory
-from bifamily.build import Model, build_components, build_model
+from bifamily.build import Model, build_components
 from bifamily.checkpoint.snapshot import snapshot_metadata
 from bifamily.display_subset import display_images
 from bifamily.distributed import World, resolve_device
 from bifamily.errors import BifamilyError, CheckpointError
-from bifamily.evaluation.best import BestSnapshot
-from bifamily.evaluation.metrics import (
-    Direction,
-    Metric,
-    Record,
-    evaluate,
-    format_table,
-    make_subject,
-    write_records,
-)
+from bifamily.evaluation.runner import EvaluationSchedule, Evaluator, write_report
+from bifamily.intervals import RECON_SIZE
 from bifamily.plugins import PluginSet
-from bifamily.preflight import Checked, preflight
-from bifamily.preflight import open_data as open_data  # where bench scripts import it from
+from bifamily.preflight import Checked, EvaluationMetrics, preflight
 from bifamily.precision import spectral_norm_in_fp32
 from bifamily.randomness import derive_seed
-from bifamily.recipe import REPORT_METRICS, Recipe
-from bifamily.rundir import METRICS_FILE, RunDir, RunWriter, latest_run_dir, new_run_dir
+from bifamily.recipe import Recipe
+from bifamily.rundir import RunDir, RunWriter, latest_run_dir, new_run_dir
 from bifamily.runlog import REPORT, ROOT, ProgressLines, file_log
 from bifamily.tensorboard_events import TensorBoardEvents
-from bifamily.train import RECON_SIZE, Trainer, make_state
+from bifamily.train import Trainer, make_state
+from bifamily.train_config import TrainSettings
 
 _notes, _results = logging.getLogger(ROOT), logging.getLogger(REPORT)
 
@@ -58,9 +50,10 @@ class Prepared:
     model: Model
     train_data: Any
     test_data: Any
-    scheduled: dict[str, Metric] = attrs.field(factory=dict)  # run every `eval.every` steps
-    report: dict[str, Metric] = attrs.field(factory=dict)  # the end-of-run report's (empty: no report)
-    best: Direction | None = None  # direction of `eval.best`, when a best snapshot is kept
+    metrics: EvaluationMetrics = attrs.field(factory=EvaluationMetrics)
+
+    def evaluator(self) -> Evaluator:
+        return Evaluator(self.recipe, self.model.prior, self.model.context, self.train_data, self.test_data)
 
 
 def prepare(
@@ -85,10 +78,20 @@ def prepare(
         spectral_norm_in_fp32(module)
         if recipe.train.channels_last:
             module.to(memory_format=torch.channels_last)
-    return Prepared(
-        recipe, model, checked.train_data, checked.test_data,
-        scheduled=checked.scheduled, report=checked.report, best=checked.best,
-    )
+    return Prepared(recipe, model, checked.train_data, checked.test_data, checked.metrics)
+
+
+def train_settings(recipe: Recipe) -> TrainSettings:
+    """What the trainer takes from ``recipe``."""
+    r = recipe
+    return TrainSettings(r.run, r.train, r.optim, r.ema, r.guard, snapshot_metadata(r))
+
+
+def make_trainer(prepared: Prepared, run_dir: Path, *, world: World = World(), progress: bool = True) -> Trainer:
+    """A trainer of the prepared model, its optimizers and data stream fresh, writing to ``run_dir``."""
+    settings = train_settings(prepared.recipe)
+    state = make_state(settings, prepared.model, prepared.train_data, world)
+    return Trainer(state, settings, run_dir, world=world, progress=progress)
 
 
 def choose_run_dir(recipe: Recipe, out: str | None, resume: bool) -> Path:
@@ -117,9 +120,9 @@ def run_training(
     Rank 0 writes RUN_DIR/log.txt, a progress line every ``run.log_every`` steps (``progress``: a
     progress bar shows them on the terminal instead) and, with ``run.tensorboard``, TensorBoard events.
     """
-    recipe, model = prepared.recipe, prepared.model
-    state = make_state(recipe, model, prepared.train_data, world)
-    trainer = Trainer(recipe, state, run_dir, world=world, progress=progress)
+    recipe, metrics = prepared.recipe, prepared.metrics
+    trainer = make_trainer(prepared, run_dir, world=world, progress=progress)
+    state = trainer.state
     if world.is_main and not resume:
         RunWriter(run_dir).create(recipe.to_dict())
     with contextlib.ExitStack() as outputs:
@@ -129,17 +132,26 @@ def run_training(
         if world.is_main:
             _follow_run(trainer, outputs)
         recon = display_images(prepared.test_data, RECON_SIZE, derive_seed(recipe.run.seed, "reconstruction grid"))
-        schedule = ScheduledEvaluation(prepared, run_dir, resumed_step) if prepared.scheduled and world.is_main else None
+        evaluator = prepared.evaluator()
+        schedule = None
+        if metrics.scheduled and world.is_main:
+            schedule = EvaluationSchedule(evaluator, metrics.scheduled, run_dir, metrics.best, resumed_step)
         trainer.fit(recon, schedule)
         report: dict[str, Any] = {"run_dir": str(run_dir), "step": state.step}
-        if world.is_main and prepared.report:
-            final = schedule.records if schedule is not None and schedule.step == state.step else []
-            record = probe_report(prepared, state.ema_generator.module, state.ema_encoder.module, state.step, final)
-            trainer.writer.append(METRICS_FILE, record)
+        if not world.is_main:
+            return report
+        lines = [f"run directory: {run_dir}"]
+        if metrics.report:
+            computed = schedule.records_at(state.step) if schedule is not None else []
+            end_of_run = evaluator.report(
+                metrics.report, metrics.report_extra, state.ema_generator.module, state.ema_encoder.module,
+                state.step, computed,
+            )
+            record = write_report(trainer.writer, end_of_run)
             report.update({key: value for key, value in record.items() if key not in ("step", "metric", "settings")})
-        if world.is_main:
-            for line in report_lines(report):
-                _results.info(line)
+            lines += end_of_run.lines()
+        for line in lines:
+            _results.info(line)
     return report
 
 
@@ -169,114 +181,9 @@ def _resume(trainer: Trainer, run_dir: Path, world: World) -> int:
 
 def _follow_run(trainer: Trainer, outputs: contextlib.ExitStack) -> None:
     """Rank 0: progress lines and, with ``run.tensorboard``, TensorBoard events from the run's records."""
-    run = trainer.recipe.run
+    run = trainer.settings.run
     trainer.writer.listeners.append(ProgressLines(run.steps, trainer.state.step))
     if run.tensorboard:
         events = TensorBoardEvents(trainer.writer.run_dir.tensorboard)
         outputs.callback(events.close)
         trainer.writer.listeners.append(events)
-
-
-def report_lines(report: dict[str, Any]) -> list[str]:
-    """The end-of-run report as the lines a run prints."""
-    lines = [f"run directory: {report['run_dir']}"]
-    for metric, what in (("probe", "linear probe"), ("knn", "k-NN")):
-        if f"{metric}_top1" in report:
-            lines.append(
-                f"{what} top-1 on held-out images: EMA encoder {100 * report[f'{metric}_top1']:.1f}% "
-                f"vs the same encoder at initialisation {100 * report[f'{metric}_top1_init']:.1f}%"
-            )
-    if "judge_recognisable" in report:
-        lines.append(
-            f"sample judge ({100 * report['judge_accuracy']:.1f}% accurate on held-out images): "
-            f"{100 * report['judge_recognisable']:.1f}% of generated samples recognisable vs "
-            f"{100 * report['judge_recognisable_real']:.1f}% of held-out real images; class coverage "
-            f"{report['judge_coverage']:.2f} vs {report['judge_coverage_real']:.2f}; judge FD {report['judge_fd']:.2f}"
-        )
-    return lines
-
-
-class ScheduledEvaluation:
-    """The ``on_tick`` of a run with ``[eval] every``: metrics on the EMA weights at every multiple of
-    ``every`` and at the last step, recorded in metrics.jsonl, shown as a table, and the best snapshot
-    kept by ``eval.best``. Installed on rank 0 only."""
-
-    def __init__(self, prepared: Prepared, run_dir: Path, resumed_step: int | None):
-        self.prepared = prepared
-        recipe = prepared.recipe
-        self.every, self.last = recipe.eval.every, recipe.run.steps
-        self.best = (
-            BestSnapshot(run_dir, recipe.eval.best, prepared.best, resumed_step) if prepared.best is not None else None
-        )
-        self.step: int | None = None
-        self.records: list[Record] = []
-        self.rollbacks_seen: int | None = None  # the trainer's count at the first tick (resumed runs carry one)
-
-    def _follow_rollbacks(self, trainer: Trainer) -> None:
-        """After a guard rollback to the latest checkpoint, drop the bests of the abandoned steps."""
-        if self.rollbacks_seen is not None and trainer.rollbacks != self.rollbacks_seen and self.best is not None:
-            self.best.rewind(trainer.checkpoints.latest_step() or 0)
-        self.rollbacks_seen = trainer.rollbacks
-
-    def due(self, step: int) -> bool:
-        return step % self.every == 0 or step == self.last
-
-    def __call__(self, trainer: Trainer) -> None:
-        self._follow_rollbacks(trainer)
-        step = trainer.state.step
-        if not self.due(step):
-            return
-        p = self.prepared
-        subject = make_subject(
-            p.recipe, trainer.state.ema_generator.module, trainer.state.ema_encoder.module, p.model.prior,
-            p.model.context, p.train_data, p.test_data,
-        )
-        self.step, self.records = step, evaluate(p.scheduled, subject, step)
-        write_records(trainer.writer, self.records)
-        _results.info(format_table(self.records))
-        if self.best is not None:
-            self._keep_best(trainer, step)
-
-    def _keep_best(self, trainer: Trainer, step: int) -> None:
-        assert self.best is not None
-        name = self.best.value_name
-        value = next(r.result.values[name] for r in self.records if name in r.result.values)
-        metadata = snapshot_metadata(self.prepared.recipe)  # the best snapshot adds the step
-        checkpointed = trainer.checkpoints.latest_step()
-        if self.best.offer(value, step, trainer.state.snapshot_modules(), metadata, checkpointed if checkpointed is not None else -1):
-            _results.info(f"best {name} so far ({value:.4f} at step {step}): {self.best.path}")
-
-
-def probe_report(
-    prepared: Prepared,
-    generator: torch.nn.Module,
-    trained_encoder: torch.nn.Module,
-    step: int,
-    final_records: Sequence[Record] = (),
-) -> dict[str, Any]:
-    """The end-of-run report as one metrics.jsonl record: the report metrics (linear probe, k-NN) of the
-    trained (EMA) encoder, ``probe_top1``, next to the same encoder at initialisation, ``probe_top1_init``,
-    and every value of the ``eval.report_extra`` metrics, computed once on the EMA weights.
-
-    Results the schedule computed at this step (same metrics, same settings) are reused, not recomputed.
-    """
-    recipe, model = prepared.recipe, prepared.model
-    ctx = model.context
-    initial_encoder = build_model(recipe, ctx).encoder.to(ctx.device).eval()
-    reused = {r.metric: r.result for r in final_records if r.metric in prepared.report}
-    record: dict[str, Any] = {"step": step, "metric": "report"}
-    settings: dict[str, Any] = {}
-    for suffix, encoder in (("", trained_encoder), ("_init", initial_encoder)):
-        subject = make_subject(recipe, generator, encoder, model.prior, ctx, prepared.train_data, prepared.test_data)
-        names = [name for name in prepared.report if not suffix or name in REPORT_METRICS]
-        pending = {name: prepared.report[name] for name in names if suffix or name not in reused}
-        results = {r.metric: r.result for r in evaluate(pending, subject, step)}
-        if not suffix:
-            results = {**reused, **results}
-        for name in names:
-            if name in REPORT_METRICS:
-                record[f"{name}_top1{suffix}"] = results[name].values[f"{name}_top1"]
-            else:
-                record.update(results[name].values)
-            settings[name] = results[name].settings  # the same for both encoders
-    return {**record, "settings": settings}

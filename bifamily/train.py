@@ -20,35 +20,29 @@ the current step, write a checkpoint and stop; the ranks of a distributed run ag
 
 from __future__ import annotations
 
-import logging
 import re
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import attrs
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from bifamily.build import Model
 from bifamily.checkpoint.manager import CheckpointManager
 from bifamily.checkpoint.resume import RESUME_FILE, restore
-from bifamily.checkpoint.snapshot import snapshot_metadata
 from bifamily.data import BatchLayout, BatchStream
 from bifamily.distributed import Replicated, World
 from bifamily.ema import EMA, ema_decay
 from bifamily.errors import BifamilyError, CheckpointError, DataError
-from bifamily.guard import NonFinite, NonFiniteWatch
+from bifamily.guard import NonFiniteWatch
+from bifamily.intervals import IntervalWork
 from bifamily.precision import Precision
 from bifamily.randomness import RandomStreams, derive_seed
-from bifamily.recipe import Recipe
-from bifamily.rundir import RECONSTRUCTIONS, SAMPLES, STATS_FILE, RunWriter
+from bifamily.recovery import Recovery
+from bifamily.rundir import RunWriter
 from bifamily.step_modules import GeneratorEncoder, ScorePairs, parameters_without_gradient, resize
-from bifamily.stopping import Diverged, Interrupted, StopSignals, signal_name
-
-GRID_SIZE = 64
-RECON_SIZE = 16
+from bifamily.train_config import OptimConfig, TrainSettings
 
 MicroStep = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # x, x_e, z, noise
 
@@ -82,28 +76,27 @@ class TrainState:
         return {"d": self.scaler_d, "ge": self.scaler_ge}
 
 
-def _adam(params: list[dict[str, Any]], recipe: Recipe) -> torch.optim.Adam:
-    o = recipe.optim
+def _adam(params: list[dict[str, Any]], o: OptimConfig) -> torch.optim.Adam:
     # Fused Adam runs the whole update in one kernel per dtype/device (CPU and CUDA).
     return torch.optim.Adam(params, betas=(o.beta1, o.beta2), eps=o.eps, fused=True)
 
 
-def make_state(recipe: Recipe, model: Model, dataset: Any, world: World = World()) -> TrainState:
-    o, t = recipe.optim, recipe.train
-    opt_d = _adam([{"params": model.discriminator.parameters(), "lr": o.d_lr}], recipe)
+def make_state(settings: TrainSettings, model: Model, dataset: Any, world: World = World()) -> TrainState:
+    o, t = settings.optim, settings.train
+    opt_d = _adam([{"params": model.discriminator.parameters(), "lr": o.d_lr}], o)
     opt_ge = _adam(
         [
             {"params": model.generator.parameters(), "lr": o.g_lr},
             {"params": model.encoder.parameters(), "lr": o.encoder_lr},
         ],
-        recipe,
+        o,
     )
     precision = Precision(t.precision, model.context.device)
     layout = BatchLayout(t.batch_size, t.accumulation, world.size, world.rank)
     stream = BatchStream(
         dataset,
         t.batch_size,
-        recipe.run.seed,
+        settings.run.seed,
         t.num_workers,
         rows=layout.rows(),
         pin_memory=model.context.device.type == "cuda",
@@ -158,14 +151,6 @@ def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
                     state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
-def _control_group(world: World) -> Any:
-    """The process group that carries the per-step stop flag: host memory only, so agreeing on a stop
-    never makes the host wait for a GPU. gloo's default group is that already; NCCL gets a gloo twin."""
-    if world.size == 1 or dist.get_backend() == "gloo":
-        return None
-    return dist.new_group(backend="gloo")
-
-
 def _rollback_seed(seed: int, rollbacks: int) -> int:
     """The data-order and latent seed after ``rollbacks`` rollbacks (the recipe's seed before any)."""
     return seed if rollbacks == 0 else derive_seed(seed, "rollback", rollbacks) % 2**32
@@ -187,33 +172,30 @@ def _mean_stats(per_micro_step: list[dict[str, torch.Tensor]]) -> dict[str, torc
 
 
 class Trainer:
-    """Runs the loop for a built model; ``on_tick`` is called after every step (tests, evaluation)."""
+    """Runs the loop for a built model with its state and settings; ``on_tick`` is called after every
+    step (scheduled evaluation, tests)."""
 
     def __init__(
-        self, recipe: Recipe, state: TrainState, run_dir: Path, *, world: World = World(), progress: bool = True
+        self, state: TrainState, settings: TrainSettings, run_dir: Path, *, world: World = World(), progress: bool = True
     ):
-        self.recipe = recipe
+        self.settings = settings
         self.state = state
         self.model = state.model
         self.world = world
         self.writer = RunWriter(run_dir)
-        self.checkpoints = CheckpointManager(self.writer.run_dir.checkpoints, keep=recipe.run.keep_checkpoints)
+        self.checkpoints = CheckpointManager(self.writer.run_dir.checkpoints, keep=settings.run.keep_checkpoints)
         self.progress = progress and world.is_main
         self.device = self.model.context.device
-        self.precision = Precision(recipe.train.precision, self.device)
-        self.streams = RandomStreams(recipe.run.seed, world.rank, self.model.prior)
+        self.precision = Precision(settings.train.precision, self.device)
+        self.streams = RandomStreams(settings.run.seed, world.rank, self.model.prior)
         self.watch = NonFiniteWatch(self.device)
-        self.stop_signals = StopSignals()
         self.rollbacks = 0  # in this run's history: each one re-seeds data order and latents
-        self._rollbacks_since_checkpoint = 0
-        self._control = _control_group(world)
+        self.recovery = Recovery(self)
         self._wrap_step_modules()
-        fixed = torch.Generator().manual_seed(recipe.run.seed + 1)
-        self.fixed_z = self.model.prior.sample(GRID_SIZE, generator=fixed).to(self.device)
 
     def _wrap_step_modules(self) -> None:
         """G+E and D as the steps call them: DDP across ranks, compiled if ``train.compile``."""
-        m, compiled = self.model, self.recipe.train.compile
+        m, compiled = self.model, self.settings.train.compile
         ge, pairs = GeneratorEncoder(m.generator, m.encoder), ScorePairs(m.discriminator)
         unused_d, unused_ge = parameters_without_gradient(m, ge, pairs) if self.world.size > 1 else ([], [])
         self.ge = Replicated(ge, self.world, find_unused=bool(unused_ge), compile=compiled)
@@ -241,7 +223,7 @@ class Trainer:
         return list(zip(x, x_e, z, noise))
 
     def _as_input(self, images: torch.Tensor) -> torch.Tensor:
-        if self.recipe.train.channels_last:
+        if self.settings.train.channels_last:
             return images.contiguous(memory_format=torch.channels_last)
         return images
 
@@ -297,7 +279,7 @@ class Trainer:
         return _mean_stats(stats)
 
     def ema_step(self) -> None:
-        e = self.recipe.ema
+        e = self.settings.ema
         decay = ema_decay(self.state.step, e.decay, e.warmup, e.start_step)
         self.state.ema_generator.update(self.model.generator, decay)
         self.state.ema_encoder.update(self.model.encoder, decay)
@@ -306,26 +288,14 @@ class Trainer:
         """One iteration: this step's random streams, ``train.d_steps`` D updates, the joint G+E update
         and EMA; returns the last D update's and the G+E update's statistics (device tensors)."""
         self.streams.start_step(self.state.step)
-        for _ in range(self.recipe.train.d_steps):
+        for _ in range(self.settings.train.d_steps):
             d_stats = self.d_step()
         ge_stats = self.ge_step()
         self.ema_step()
         self.state.step += 1
         return d_stats, ge_stats
 
-    # -- outputs (rank 0) --------------------------------------------------------------------------
-
-    @torch.inference_mode()
-    def write_grids(self, recon_images: torch.Tensor) -> None:
-        step = self.state.step
-        generator = self.state.ema_generator.module
-        encoder = self.state.ema_encoder.module
-        ctx = self.model.context
-        self.writer.save_grid(SAMPLES, step, generator(self.fixed_z), nrow=8)
-        x = recon_images.to(self.device)
-        recon = generator(encoder(resize(x, ctx.encoder_input_resolution)).point)
-        pairs = torch.cat([resize(x, ctx.resolution), recon])
-        self.writer.save_grid(RECONSTRUCTIONS, step, pairs, nrow=x.shape[0])
+    # -- checkpoints ------------------------------------------------------------------------------
 
     def save_checkpoint(self) -> Path:
         extra = {
@@ -338,7 +308,7 @@ class Trainer:
             self.state.step,
             self.state.snapshot_modules(),
             self.state.optimizers(),
-            snapshot_metadata(self.recipe, self.state.step),
+            {**self.settings.snapshot_metadata, "step": str(self.state.step)},
             extra,
         )
 
@@ -362,7 +332,7 @@ class Trainer:
             _match_parameter_layouts(optimizer)
         self.state.step = step
         self.state.stream.load_state(extra["data"])
-        self._set_rollbacks(extra.get("guard", {}).get("rollbacks", 0))
+        self.set_rollbacks(extra.get("guard", {}).get("rollbacks", 0))
         for name, scaler in self.state.scalers().items():
             saved = extra.get("scalers", {}).get(name)
             if saved and scaler.is_enabled():
@@ -371,174 +341,52 @@ class Trainer:
             self.writer.truncate_after(step)
         return step
 
-    def _set_rollbacks(self, rollbacks: int) -> None:
+    def set_rollbacks(self, rollbacks: int) -> None:
         """Re-seed the data order and the latent and noise streams for the history after ``rollbacks``
         rollbacks (call right after the stream's position was loaded)."""
         self.rollbacks = rollbacks
-        seed = _rollback_seed(self.recipe.run.seed, rollbacks)
+        seed = _rollback_seed(self.settings.run.seed, rollbacks)
         self.streams.seed = seed
         self.state.stream.seed = seed
-
-    def _tick(
-        self,
-        d_stats: dict[str, torch.Tensor],
-        ge_stats: dict[str, torch.Tensor],
-        recon_images: torch.Tensor,
-        *,
-        stopping: bool = False,
-    ) -> NonFinite | None:
-        """Logging, grids and checkpoints at their intervals (and a checkpoint when stopping): the only
-        place the host waits for the device.
-
-        The finiteness record is read first; if this history diverged, nothing is written and the
-        failure is returned instead.
-        """
-        run, step = self.recipe.run, self.state.step
-        done = step == run.steps
-        log = step % run.log_every == 0 or done
-        grids = step % run.sample_every == 0 or done
-        save = step % run.checkpoint_every == 0 or done or stopping
-        if not (log or grids or save):
-            return None
-        failure = self.watch.first_failure(self.world)
-        if failure is not None:
-            return failure
-        if save:
-            self._rollbacks_since_checkpoint = 0
-        try:
-            self._write_tick(d_stats, ge_stats, recon_images, log=log, grids=grids, save=save)
-        except OSError as error:  # a full or failing disk: say where, keep the traceback for bugs only
-            raise BifamilyError(
-                f"{error.filename or self.writer.path}: cannot write: {error.strerror or error}"
-            ) from error
-        return None
-
-    def _write_tick(
-        self,
-        d_stats: dict[str, torch.Tensor],
-        ge_stats: dict[str, torch.Tensor],
-        recon_images: torch.Tensor,
-        *,
-        log: bool,
-        grids: bool,
-        save: bool,
-    ) -> None:
-        step = self.state.step
-        if log:
-            now = time.perf_counter()
-            rate = self._images_per_step * (step - self._last_step) / max(now - self._last_time, 1e-9)
-            self._last_time, self._last_step = now, step
-            record = {"step": step, **self.world.average({**d_stats, **ge_stats}), "images_per_s": round(rate, 1)}
-            if self.world.is_main:
-                self.writer.append(STATS_FILE, record)
-                self._bar.set_postfix(
-                    {k: f"{v:.3f}" for k, v in record.items() if k.startswith("loss")} | {"img/s": f"{rate:.0f}"},
-                    refresh=False,
-                )
-        if not self.world.is_main:
-            return
-        if grids:
-            self.write_grids(recon_images)
-        if save:
-            self.save_checkpoint()
-
-    # -- stopping early ----------------------------------------------------------------------------
-
-    def _agreed_stop(self) -> int:
-        """The stop signal any rank has received (0: none): every rank gets the same answer after the
-        same step. One all-reduce of one integer in host memory per step (about 0.2 ms on gloo)."""
-        signum = self.stop_signals.received
-        if self.world.size > 1:
-            flag = torch.tensor([signum], dtype=torch.int32)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._control)
-            signum = int(flag.item())
-        return signum
-
-    def _continue_hint(self) -> str:
-        return f"continue with: bifamily run RECIPE --out {self.writer.path} --resume"
-
-    def _interrupted(self, signum: int) -> Interrupted:
-        """After the tick wrote the stop checkpoint: wait for rank 0's write, then the exception to raise."""
-        self.world.barrier()
-        lines = [
-            f"{signal_name(signum)} after step {self.state.step}: its checkpoint is in {self.checkpoints.directory}",
-            self._continue_hint(),
-        ]
-        return Interrupted(signum, lines, main_rank=self.world.is_main)
-
-    def _recover(self, failure: NonFinite, signum: int) -> None:
-        """Roll back to the latest checkpoint with fresh data, or raise when the guard says to stop."""
-        guard, main = self.recipe.guard, self.world.is_main
-        latest = self.world.on_main(self.checkpoints.latest)
-        where = f"the latest checkpoint is {latest}" if latest is not None else "there is no checkpoint"
-        if signum:
-            lines = [
-                f"{signal_name(signum)} after step {self.state.step}, no checkpoint written: {failure.describe()}",
-                f"{where}; {self._continue_hint()}",
-            ]
-            raise Interrupted(signum, lines, main_rank=main)
-        headline = f"training diverged: {failure.describe()} (found after step {self.state.step})"
-        if guard.on_nonfinite == "stop":
-            raise Diverged(
-                [
-                    headline,
-                    f"nothing from step {failure.step} on was logged or checkpointed; {where}",
-                    'set guard.on_nonfinite = "rollback" to go back to it and retry on fresh data automatically',
-                ],
-                main_rank=main,
-            )
-        if latest is None or self._rollbacks_since_checkpoint >= guard.max_rollbacks:
-            tries = f"after {self._rollbacks_since_checkpoint} rollback(s) without a new checkpoint"
-            raise Diverged([headline, f"giving up {tries}; {where}"], main_rank=main)
-        rollbacks = self.rollbacks + 1
-        self.resume(latest)
-        self._set_rollbacks(rollbacks)
-        self._rollbacks_since_checkpoint += 1
-        self.watch.reset()
-        self._bar.n = self.state.step
-        self._bar.refresh()
-        self._last_time, self._last_step = time.perf_counter(), self.state.step
-        if main:
-            logging.getLogger("bifamily").warning(
-                f"{headline}: rolled back to step {self.state.step} "
-                f"(rollback {self._rollbacks_since_checkpoint} of at most {guard.max_rollbacks}), with a fresh data order"
-            )
 
     # -- the loop ----------------------------------------------------------------------------------
 
     def fit(self, recon_images: torch.Tensor, on_tick: Callable[[Trainer], None] | None = None) -> None:
-        """Train up to ``run.steps``.
+        """Train up to ``run.steps``: each step, then the agreed stop signal, then the interval work (or the
+        recovery from a diverged step), then ``on_tick``.
 
         Raises :class:`~bifamily.stopping.Interrupted` after SIGTERM or SIGINT (once the step is done
         and checkpointed) and :class:`~bifamily.stopping.Diverged` when a step was not finite and the
         guard does not roll back.
         """
-        run, train, state = self.recipe.run, self.recipe.train, self.state
-        self._bar = tqdm(
+        run, state = self.settings.run, self.state
+        self.bar = tqdm(
             total=run.steps, initial=state.step, desc=run.name, unit="step", disable=not self.progress, dynamic_ncols=True
         )
-        self._images_per_step = train.batch_size * (train.d_steps + 1)
-        self._last_time, self._last_step = time.perf_counter(), state.step
+        intervals = IntervalWork(self, recon_images)
         for module in self.model.modules().values():
             module.train()
         if state.step == 0 and self.world.is_main:
             self.writer.truncate_after(0)  # log lines of an attempt killed before its first checkpoint
-        if self.recipe.guard.on_nonfinite == "rollback" and self.world.is_main and self.checkpoints.latest() is None:
+        if self.settings.guard.on_nonfinite == "rollback" and self.world.is_main and self.checkpoints.latest() is None:
             self.save_checkpoint()  # something to roll back to before the first interval checkpoint
         try:
-            with self.stop_signals.installed():
+            with self.recovery.signals.installed():
                 while state.step < run.steps:
                     d_stats, ge_stats = self.train_step()
-                    signum = self._agreed_stop()
-                    failure = self._tick(d_stats, ge_stats, recon_images, stopping=bool(signum))
+                    signum = self.recovery.agreed_stop()
+                    failure = intervals.after_step(d_stats, ge_stats, stopping=bool(signum))
                     if failure is not None:
-                        self._recover(failure, signum)
+                        self.recovery.recover(failure, signum)
+                        self.bar.n = state.step
+                        self.bar.refresh()
+                        intervals.restart_rate()
                         continue
                     if on_tick is not None:
                         on_tick(self)
-                    self._bar.update(1)
+                    self.bar.update(1)
                     if signum:
-                        raise self._interrupted(signum)
+                        raise self.recovery.interrupted(signum)
         finally:
-            self._bar.close()
+            self.bar.close()
         self.world.barrier()  # rank 0's last checkpoint is on disk before any rank moves on

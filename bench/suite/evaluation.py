@@ -20,7 +20,7 @@ from torch import nn
 from bifamily.evaluation.feature_networks import INCEPTION_ENV, FeatureNetwork, RandomConvFeatures, load_inception
 from bifamily.evaluation.features import extract_features
 from bifamily.evaluation.fid import generated_features
-from bifamily.evaluation.metrics import feature_function
+from bifamily.metric_interfaces import feature_function
 from bifamily.recipe import Recipe
 from bifamily.session import prepare
 

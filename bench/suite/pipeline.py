@@ -18,7 +18,7 @@ from PIL import Image
 from bifamily.build import make_context
 from bifamily.data import BatchStream
 from bifamily.recipe import Recipe
-from bifamily.session import open_data
+from bifamily.preflight import open_data
 
 from .training import load_recipe
 

@@ -20,8 +20,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bifamily.plugins import default_plugins
 from bifamily.recipe import Recipe, load
-from bifamily.session import prepare
-from bifamily.train import Trainer, make_state
+from bifamily.session import make_trainer, prepare
+from bifamily.train import Trainer
 
 
 def load_recipe(path: str, overrides: tuple[str, ...]) -> Recipe:
@@ -75,8 +75,7 @@ def warm_trainer(recipe: Recipe, warmup: int) -> Iterator[Trainer]:
     ``warmup`` steps."""
     with tempfile.TemporaryDirectory() as run_dir:
         prepared = prepare(recipe)
-        state = make_state(recipe, prepared.model, prepared.train_data)
-        trainer = Trainer(recipe, state, Path(run_dir), progress=False)
+        trainer = make_trainer(prepared, Path(run_dir), progress=False)
         for module in prepared.model.modules().values():
             module.train()
         for _ in range(warmup):

@@ -1,136 +1,35 @@
-"""The metric protocol: what a metric plugin builds, what it is computed on, what it returns, and how
-results are recorded (``metrics.jsonl``) and shown (a console table).
-
-A metric is registered by a plugin (``bifamily_register_metrics``) as a config class whose
-``build(ctx: MetricContext)`` returns a :class:`Metric`. A :class:`Subject` is what is evaluated: the
-EMA generator and encoder of a model with its prior and data. Each computation gives one record::
+"""Metrics from a recipe: building the metrics a recipe names, computing them on a subject, recording the
+results in ``metrics.jsonl`` and showing them as a console table. The protocol a metric plugin
+implements is :mod:`bifamily.metric_interfaces`. Each computation gives one record::
 
     {"step": 600, "metric": "probe", "probe_top1": 0.83, "probe_top5": 1.0, "settings": {...}}
 
-``settings`` holds what makes the numbers comparable (sample counts, splits, feature network, resizer).
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import attrs
-import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import Dataset
 
 from bifamily.config import SAFE_NAME_RULE, is_safe_name
 from bifamily.context import BuildContext
 from bifamily.errors import BifamilyError, PluginError, RecipeError
-from bifamily.evaluation.features import extract_features, require_labels
+from bifamily.evaluation.features import require_labels
 from bifamily.interfaces import Encoder, LatentPrior
+from bifamily.metric_interfaces import Direction, Metric, MetricContext, MetricResult, Subject
 from bifamily.plugins import PluginSet
-from bifamily.recipe import EvalConfig, Recipe
+from bifamily.recipe import Recipe
 from bifamily.rundir import EVAL_GRIDS, METRICS_FILE, RunWriter
 
 if TYPE_CHECKING:  # importing it loads clean-fid, which takes seconds
     from bifamily.evaluation.feature_networks import FeatureNetwork
 
-Direction = Literal["max", "min"]
-FEATURE_SOURCES: tuple[str, ...] = ("pooled", "posterior_mean")
 _RESERVED_VALUE_NAMES = {"step", "metric", "settings"}
-
-
-@attrs.frozen
-class Grid:
-    """Images (N, C, H, W) in [-1, 1] to be saved as one PNG grid of ``nrow`` images per row."""
-
-    images: Tensor
-    nrow: int
-
-
-@attrs.frozen
-class MetricResult:
-    """Named values, the settings that make them comparable, and optional image grids."""
-
-    values: dict[str, float]
-    settings: dict[str, Any]
-    images: dict[str, Grid] = attrs.field(factory=dict)
-
-
-@attrs.define(eq=False)
-class Subject:
-    """What metrics evaluate: a generator and an encoder (the EMA weights), the prior, the data.
-
-    Features are cached per (source, split, count), so metrics that share them (probe and k-NN)
-    extract them once.
-    """
-
-    generator: nn.Module
-    encoder: Encoder
-    prior: LatentPrior
-    context: BuildContext
-    train_data: Dataset
-    test_data: Dataset
-    data_key: dict[str, Any]  # the resolved [data] section: names the data set and its preprocessing
-    batch_size: int
-    seed: int
-    _features: dict[tuple[str, str, int], tuple[Tensor, Tensor]] = attrs.field(factory=dict, init=False)
-
-    @property
-    def device(self) -> torch.device:
-        return self.context.device
-
-    def split(self, name: str) -> Dataset:
-        return {"train": self.train_data, "test": self.test_data}[name]
-
-    def features(self, source: str, split: str, n: int) -> tuple[Tensor, Tensor]:
-        """Frozen encoder features (min(n, len), F) of the first images of ``split``, and their labels."""
-        data = self.split(split)
-        count = min(n, len(data))
-        key = (source, split, count)
-        if key not in self._features:
-            self._features[key] = extract_features(
-                feature_function(self.encoder, source),
-                data,
-                count,
-                batch_size=self.batch_size,
-                device=self.device,
-                resize_to=self.context.encoder_input_resolution,
-            )
-        return self._features[key]
-
-
-def feature_function(encoder: Encoder, source: str) -> Callable[[Tensor], Tensor]:
-    """``"pooled"``: the backbone's evaluation features (``encoder.features``, the pooled output);
-    ``"posterior_mean"``: the mean of the posterior."""
-    if source == "pooled":
-        return encoder.features
-    if source == "posterior_mean":
-        return lambda x: encoder(x).mean
-    raise ValueError(f"feature source must be one of {FEATURE_SOURCES}, got {source!r}")
-
-
-class Metric(Protocol):
-    """A built metric. ``directions`` names the values a run may select its best snapshot by."""
-
-    directions: Mapping[str, Direction]
-    needs_labels: bool
-
-    def compute(self, subject: Subject) -> MetricResult: ...
-
-
-@attrs.frozen
-class MetricContext:
-    """Passed to a metric config's ``build(ctx)``.
-
-    ``model`` is the build context of the evaluated model (resolutions, channels, device); ``eval`` the
-    recipe's [eval] section (shared sample counts, probe steps); ``feature_network(name, key)`` builds
-    a registered feature network with its [feature_networks.NAME] settings (``key`` is the recipe key
-    that named it, for error messages).
-    """
-
-    model: BuildContext
-    eval: EvalConfig
-    seed: int
-    feature_network: Callable[[str, str], FeatureNetwork]
 
 
 @attrs.frozen
@@ -157,11 +56,20 @@ def metric_context(recipe: Recipe, plugins: PluginSet, model: BuildContext) -> M
         config = recipe.feature_networks.get(name) or entry.config_cls()
         return _built(f"$.feature_networks.{name}", lambda: config.build(model))
 
-    return MetricContext(model=model, eval=recipe.eval, seed=recipe.run.seed, feature_network=feature_network)
+    return MetricContext(
+        model=model,
+        seed=recipe.run.seed,
+        train_samples=recipe.eval.train_samples,
+        test_samples=recipe.eval.test_samples,
+        feature_network=feature_network,
+    )
 
 
-def build_metrics(recipe: Recipe, plugins: PluginSet, names: list[str], model: BuildContext) -> dict[str, Metric]:
-    """Build the named metrics with the recipe's [metrics.NAME] settings (defaults where none are given)."""
+def build_metrics(
+    recipe: Recipe, plugins: PluginSet, names: list[str], model: BuildContext, key: str = "$.eval.metrics"
+) -> dict[str, Metric]:
+    """Build the named metrics with the recipe's [metrics.NAME] settings (defaults where none are given);
+    ``key`` is the recipe key that named them, for errors."""
     ctx = metric_context(recipe, plugins, model)
     metrics: dict[str, Metric] = {}
     problems: list[str] = []
@@ -169,7 +77,7 @@ def build_metrics(recipe: Recipe, plugins: PluginSet, names: list[str], model: B
         entry = plugins.registry.get("metric", name)
         if entry is None:
             installed = ", ".join(plugins.registry.names("metric")) or "none"
-            problems.append(f"$.eval.metrics: unknown metric {name!r} (installed: {installed})")
+            problems.append(f"{key}: unknown metric {name!r} (installed: {installed})")
             continue
         config = recipe.metrics.get(name) or entry.config_cls()
         try:

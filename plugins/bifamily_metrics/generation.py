@@ -12,7 +12,7 @@ from torch import Tensor
 
 from bifamily.config import one_of, option, positive
 from bifamily.evaluation.features import resize_images
-from bifamily.evaluation.metrics import MetricContext, MetricResult, Subject
+from bifamily.metric_interfaces import MetricContext, MetricResult, Subject
 from bifamily.randomness import derive_seed
 
 if TYPE_CHECKING:  # clean-fid takes seconds to import: only when a metric is built

@@ -28,7 +28,7 @@ from bifamily.evaluation.judge import (
     train_judge,
 )
 from bifamily.evaluation.judge_cache import SUBFOLDER, data_digest, judge_fingerprint, judge_path, load_judge, save_judge
-from bifamily.evaluation.metrics import MetricContext, MetricResult, Subject
+from bifamily.metric_interfaces import MetricContext, MetricResult, Subject
 from bifamily.randomness import derive_seed
 
 from .generation import default_cache_dir
@@ -161,6 +161,14 @@ class JudgeMetric:
             "kid_subset_size": subset,
         }
         return MetricResult(values, settings)
+
+    def report_line(self, values: dict[str, float], initial: dict[str, float] | None) -> str:
+        return (
+            f"sample judge ({100 * values['judge_accuracy']:.1f}% accurate on held-out images): "
+            f"{100 * values['judge_recognisable']:.1f}% of generated samples recognisable vs "
+            f"{100 * values['judge_recognisable_real']:.1f}% of held-out real images; class coverage "
+            f"{values['judge_coverage']:.2f} vs {values['judge_coverage_real']:.2f}; judge FD {values['judge_fd']:.2f}"
+        )
 
     def reference(self, subject: Subject) -> _Reference:
         """The judge of the subject's data set (kept from an earlier call, read from the cache, or trained

@@ -7,7 +7,7 @@ import torch
 
 from bifamily.config import non_negative, one_of, option, positive
 from bifamily.evaluation.features import iterate_batches
-from bifamily.evaluation.metrics import Grid, MetricContext, MetricResult, Subject
+from bifamily.metric_interfaces import Grid, MetricContext, MetricResult, Subject
 from bifamily.evaluation.reconstruction import (
     iterated_reconstructions,
     reconstruct,

@@ -10,9 +10,15 @@ from bifamily.config import check, in_range, one_of, option, positive
 from bifamily.errors import RecipeError
 from bifamily.evaluation.features import require_labels
 from bifamily.evaluation.knn import knn_classify
-from bifamily.evaluation.metrics import FEATURE_SOURCES, MetricContext, MetricResult, Subject
 from bifamily.evaluation.probe import linear_probe
-from bifamily.recipe import EvalConfig
+from bifamily.metric_interfaces import FEATURE_SOURCES, MetricContext, MetricResult, Subject
+
+def _top1_line(what: str, key: str, values: dict[str, float], initial: dict[str, float] | None) -> str:
+    line = f"{what} top-1 on held-out images: EMA encoder {100 * values[key]:.1f}%"
+    if initial is not None:
+        line += f" vs the same encoder at initialisation {100 * initial[key]:.1f}%"
+    return line
+
 
 _FEATURES_HELP = (
     "Features: 'pooled' (the backbone's globally pooled output, `encoder.features`, as the paper) or "
@@ -21,24 +27,36 @@ _FEATURES_HELP = (
 
 
 def _parse_lrs(text: str) -> tuple[float, ...]:
+    """The learning rates in ``text``, in order, without repeats."""
     try:
         lrs = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise RecipeError([f"$.metrics.probe.lrs: expected comma-separated numbers, got {text!r}"]) from None
-    if any(lr <= 0 for lr in lrs):
-        raise RecipeError([f"$.metrics.probe.lrs: learning rates must be > 0, got {text!r}"])
-    return lrs
+    if not lrs or any(lr <= 0 for lr in lrs):
+        raise RecipeError([f"$.metrics.probe.lrs: expected one or more learning rates > 0, got {text!r}"])
+    return tuple(dict.fromkeys(lrs))
 
 
-def _counts(subject: Subject, eval_config: EvalConfig) -> tuple[int, int]:
-    return min(eval_config.train_samples, len(subject.train_data)), min(eval_config.test_samples, len(subject.test_data))
+@attrs.frozen
+class SampleCounts:
+    """The recipe's shared sample counts of the representation metrics ([eval] train_samples, test_samples)."""
+
+    train: int
+    test: int
+
+    @classmethod
+    def of(cls, ctx: MetricContext) -> SampleCounts:
+        return cls(ctx.train_samples, ctx.test_samples)
+
+    def capped(self, subject: Subject) -> tuple[int, int]:
+        return min(self.train, len(subject.train_data)), min(self.test, len(subject.test_data))
 
 
 @attrs.frozen
 class LinearProbeConfig:
     """Linear probe (BigBiGAN Appendix A): a linear classifier on frozen EMA-encoder features of the first
-    `eval.train_samples` training images, initialised to zero, trained with Adam for `eval.probe_steps`
-    steps with an EMA of its weights; a trainval split of those images selects the learning rate and the
+    `eval.train_samples` training images, initialised to zero, trained with Adam for `steps` steps with an
+    EMA of its weights; a trainval split of those images selects the learning rate and the
     step (early stopping); top-1 and top-5 on the first `eval.test_samples` held-out images.
     Values: probe_top1, probe_top5 (higher is better), probe_trainval_top1. Needs labels."""
 
@@ -48,7 +66,8 @@ class LinearProbeConfig:
         help="'none' (raw features) or 'bn_crelu' (batch norm with the fit split's statistics, then CReLU).",
         validator=one_of("none", "bn_crelu"),
     )
-    lrs: str = option("", help="Extra learning rates to sweep with `eval.probe_lr`, comma-separated; selected on trainval.")
+    steps: int = option(1000, help="Adam steps of the classifier (the paper: 5000).", validator=positive)
+    lrs: str = option("0.01", help="Learning rates to sweep, comma-separated; the one with the best trainval accuracy is kept.")
     batch_size: int = option(
         256, help="Minibatch of the classifier's Adam steps (full batch when the fit split is smaller).", validator=positive
     )
@@ -64,14 +83,13 @@ class LinearProbeConfig:
     )
 
     def build(self, ctx: MetricContext) -> LinearProbeMetric:
-        lrs = tuple(dict.fromkeys((ctx.eval.probe_lr, *_parse_lrs(self.lrs))))
-        return LinearProbeMetric(self, ctx.eval, lrs, ctx.seed)
+        return LinearProbeMetric(self, SampleCounts.of(ctx), _parse_lrs(self.lrs), ctx.seed)
 
 
 @attrs.frozen
 class LinearProbeMetric:
     config: LinearProbeConfig
-    eval: EvalConfig
+    counts: SampleCounts
     lrs: tuple[float, ...]
     seed: int
     directions = {"probe_top1": "max", "probe_top5": "max", "probe_trainval_top1": "max"}
@@ -79,7 +97,7 @@ class LinearProbeMetric:
 
     def compute(self, subject: Subject) -> MetricResult:
         num_classes = require_labels(subject.test_data, "the linear probe")
-        n_train, n_test = _counts(subject, self.eval)
+        n_train, n_test = self.counts.capped(subject)
         train_x, train_y = subject.features(self.config.features, "train", n_train)
         test_x, test_y = subject.features(self.config.features, "test", n_test)
         result = linear_probe(
@@ -88,7 +106,7 @@ class LinearProbeMetric:
             test_x,
             test_y,
             num_classes=num_classes,
-            steps=self.eval.probe_steps,
+            steps=self.config.steps,
             lrs=self.lrs,
             batch_size=self.config.batch_size,
             ema_decay=self.config.ema_decay,
@@ -103,7 +121,7 @@ class LinearProbeMetric:
             "train_samples": n_train,
             "test_split": "test",
             "test_samples": n_test,
-            "steps": self.eval.probe_steps,
+            "steps": self.config.steps,
             "lrs": list(self.lrs),
             "selected_lr": result.lr,
             "selected_step": result.steps_run,
@@ -111,6 +129,9 @@ class LinearProbeMetric:
         }
         values = {"probe_top1": result.top1, "probe_top5": result.top5, "probe_trainval_top1": result.trainval_top1}
         return MetricResult(values, settings)
+
+    def report_line(self, values: dict[str, float], initial: dict[str, float] | None) -> str:
+        return _top1_line("linear probe", "probe_top1", values, initial)
 
 
 @attrs.frozen
@@ -127,19 +148,19 @@ class KnnConfig:
     features: str = option("pooled", help=_FEATURES_HELP, validator=one_of(*FEATURE_SOURCES))
 
     def build(self, ctx: MetricContext) -> KnnMetric:
-        return KnnMetric(self, ctx.eval)
+        return KnnMetric(self, SampleCounts.of(ctx))
 
 
 @attrs.frozen
 class KnnMetric:
     config: KnnConfig
-    eval: EvalConfig
+    counts: SampleCounts
     directions = {"knn_top1": "max", "knn_top5": "max"}
     needs_labels = True
 
     def compute(self, subject: Subject) -> MetricResult:
         num_classes = require_labels(subject.test_data, "k-NN classification")
-        n_train, n_test = _counts(subject, self.eval)
+        n_train, n_test = self.counts.capped(subject)
         train_x, train_y = subject.features(self.config.features, "train", n_train)
         test_x, test_y = subject.features(self.config.features, "test", n_test)
         k = min(self.config.k, n_train)
@@ -158,3 +179,6 @@ class KnnMetric:
             "test_samples": n_test,
         }
         return MetricResult({"knn_top1": result.top1, "knn_top5": result.top5}, settings)
+
+    def report_line(self, values: dict[str, float], initial: dict[str, float] | None) -> str:
+        return _top1_line("k-NN", "knn_top1", values, initial)

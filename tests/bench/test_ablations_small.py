@@ -103,7 +103,7 @@ def test_the_table_shows_mean_and_standard_error_and_a_dash_where_a_row_has_no_f
 TINY = [
     "train.batch_size=8", "generator.ch=8", "encoder.ch=8", "discriminator.ch=8", "discriminator.z_width=16",
     "discriminator.joint_width=16", "run.log_every=1", "run.sample_every=3", "run.checkpoint_every=3",
-    "eval.train_samples=40", "eval.test_samples=20", "eval.probe_steps=5", "metrics.judge.steps=5",
+    "eval.train_samples=40", "eval.test_samples=20", "metrics.probe.steps=5", "metrics.judge.steps=5",
     "metrics.judge.train_images=64", "metrics.judge.real_images=32",
 ]
 

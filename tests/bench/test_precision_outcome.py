@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = [
     "train.batch_size=8", "generator.ch=8", "encoder.ch=8", "discriminator.ch=8", "prior.dim=16", "run.steps=4",
     "run.log_every=1", "run.sample_every=4", "run.checkpoint_every=4", "eval.train_samples=40",
-    "eval.test_samples=20", "eval.probe_steps=5",
+    "eval.test_samples=20", "metrics.probe.steps=5",
 ]
 
 

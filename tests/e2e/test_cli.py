@@ -16,7 +16,7 @@ from bifamily.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = str(REPO / "recipes" / "quickstart.toml")
-TINY = ["--set", "run.steps=2", "--set", "train.batch_size=8", "--set", "eval.probe=false"]
+TINY = ["--set", "run.steps=2", "--set", "train.batch_size=8", "--set", 'eval.report=""']
 
 
 def invoke(*args: str):

@@ -42,7 +42,7 @@ TINY = [
     "--set", "train.batch_size=8", "--set", "generator.ch=8", "--set", "encoder.ch=8",
     "--set", "prior.dim=16", "--set", "discriminator.ch=8", "--set", "discriminator.z_width=32",
     "--set", "discriminator.joint_width=32", "--set", "discriminator.dropout=0.0",
-    "--set", "eval.probe=false", "--set", "run.log_every=2", "--set", "run.checkpoint_every=2",
+    "--set", 'eval.report=""', "--set", "run.log_every=2", "--set", "run.checkpoint_every=2",
     "--set", "run.sample_every=100", "--set", "optim.eps=1e-6",
     # Equivalence is exact only in fp32 and one memory layout; the quickstart picks bf16 where it can.
     "--set", 'train.precision="fp32"', "--set", "train.channels_last=false",

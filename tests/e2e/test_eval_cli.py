@@ -23,7 +23,7 @@ QUICKSTART = str(REPO / "recipes" / "quickstart.toml")
 TINY = [
     "--set", "train.batch_size=8", "--set", "generator.ch=8", "--set", "encoder.ch=8", "--set", "prior.dim=16",
     "--set", "run.log_every=1", "--set", "run.sample_every=3", "--set", "run.checkpoint_every=3",
-    "--set", "eval.train_samples=48", "--set", "eval.test_samples=24", "--set", "eval.probe_steps=10",
+    "--set", "eval.train_samples=48", "--set", "eval.test_samples=24", "--set", "metrics.probe.steps=10",
     "--set", "eval.batch_size=32", "--set", "metrics.recon.images=8", "--set", "metrics.recon.iterations=2",
 ]
 SCHEDULE = ["--set", "run.steps=3", "--set", "eval.every=2", "--set", "eval.metrics=probe,knn,recon",
@@ -165,7 +165,7 @@ def test_a_distributed_run_evaluates_on_rank_0_alone_without_hanging(tmp_path):
     out = tmp_path / "run"
     command = [
         sys.executable, "-m", "bifamily", "run", QUICKSTART, *TINY, "--set", "run.steps=2", "--set", "eval.every=1",
-        "--set", "eval.metrics=knn,recon", "--set", "eval.best=knn_top1", "--set", "eval.probe=false",
+        "--set", "eval.metrics=knn,recon", "--set", "eval.best=knn_top1", "--set", 'eval.report=""',
         "--set", "train.collective_timeout_s=120", "--nproc", "2", "--no-progress", "--out", str(out),
     ]
     env = {**os.environ, "BIFAMILY_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1"}

@@ -26,7 +26,7 @@ def test_one_training_step_of_bigbigan_highres_at_full_size(tmp_path):
     args = [
         "run", str(REPO / "recipes" / "bigbigan_highres.toml"),
         "--set", 'data={kind = "procedural", resolution = 128, encoder_resolution = 256}',
-        "--set", "train.batch_size=2", "--set", "run.steps=1", "--set", "eval.probe=false",
+        "--set", "train.batch_size=2", "--set", "run.steps=1", "--set", 'eval.report=""',
         "--set", 'run.device="cpu"', "--no-progress", "--out", str(out),
     ]
     result = CliRunner().invoke(main, args, catch_exceptions=False)

@@ -26,7 +26,7 @@ QUICKSTART = str(REPO / "recipes" / "quickstart.toml")
 TINY = [
     "--set", "train.batch_size=8", "--set", "generator.ch=8", "--set", "encoder.ch=8", "--set", "discriminator.ch=8",
     "--set", "discriminator.z_width=32", "--set", "discriminator.joint_width=32", "--set", "prior.dim=16",
-    "--set", "eval.probe=false", "--set", "run.log_every=1", "--set", "run.sample_every=2",
+    "--set", 'eval.report=""', "--set", "run.log_every=1", "--set", "run.sample_every=2",
 ]
 
 

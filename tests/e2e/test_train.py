@@ -35,7 +35,7 @@ def final_snapshot(out: Path) -> dict[str, torch.Tensor]:
 def test_tiny_run_writes_a_self_describing_run_directory(tmp_path):
     out = tmp_path / "run"
     output = run("--set", "run.steps=4", "--set", "eval.train_samples=64", "--set", "eval.test_samples=32",
-                 "--set", "eval.probe_steps=20", "--out", str(out))
+                 "--set", "metrics.probe.steps=20", "--out", str(out))
     assert f"run directory: {out}" in output
     assert "linear probe top-1 on held-out images: EMA encoder" in output
     recipe = (out / "recipe.toml").read_text()
@@ -53,7 +53,7 @@ def test_tiny_run_writes_a_self_describing_run_directory(tmp_path):
 
 
 def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path):
-    common = ["--set", "eval.probe=false"]
+    common = ["--set", 'eval.report=""']
     straight, split = tmp_path / "straight", tmp_path / "split"
     run(*common, "--set", "run.steps=8", "--out", str(straight))
     run(*common, "--set", "run.steps=4", "--out", str(split))

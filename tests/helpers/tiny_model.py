@@ -5,7 +5,7 @@ TINY_MODEL = """
 batch_size = 8
 d_steps = 1
 [eval]
-probe = false
+report = ""
 [data]
 kind = "procedural"
 resolution = 16

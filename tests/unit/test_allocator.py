@@ -23,13 +23,12 @@ import resource, statistics, sys, tempfile
 from pathlib import Path
 from bifamily.plugins import default_plugins
 from bifamily.recipe import load
-from bifamily.session import prepare
-from bifamily.train import Trainer, make_state
+from bifamily.session import make_trainer, prepare
 
 recipe = load("recipes/quickstart.toml", default_plugins(), ["train.precision=fp32", "train.batch_size=64", "generator.ch=32", sys.argv[1]])
 with tempfile.TemporaryDirectory() as run_dir:
     prepared = prepare(recipe)
-    trainer = Trainer(recipe, make_state(recipe, prepared.model, prepared.train_data), Path(run_dir), progress=False)
+    trainer = make_trainer(prepared, Path(run_dir), progress=False)
     for _ in range(3):  # warm-up: the heap grows to its working size
         trainer.train_step()
     faults = []

@@ -102,7 +102,7 @@ def test_preflight_builds_nothing_for_real():
     for module in checked.meta_model.modules().values():
         assert {t.device.type for t in (*module.parameters(), *module.buffers())} == {"meta"}
     assert checked.context.device == torch.device("cpu")
-    assert len(checked.train_data) >= checked.recipe.train.batch_size and checked.report
+    assert len(checked.train_data) >= checked.recipe.train.batch_size and checked.metrics.report
 
 
 def test_the_memory_check_counts_four_float32_copies_and_an_ema_of_g_and_e(monkeypatch):

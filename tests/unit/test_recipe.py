@@ -83,7 +83,7 @@ def test_int_is_accepted_where_float_is_expected_but_not_bool(plugins):
     [
         ("run.steps=200", ["run", "steps"], 200),
         ("optim.d_lr=2e-4", ["optim", "d_lr"], 2e-4),
-        ("eval.probe=false", ["eval", "probe"], False),
+        ('eval.report=""', ["eval", "report"], ""),
         ("data.root=../shared/data/mnist", ["data", "root"], "../shared/data/mnist"),
         ('run.name="a b"', ["run", "name"], "a b"),
         ('data={kind="mnist", root="x"}', ["data"], {"kind": "mnist", "root": "x"}),

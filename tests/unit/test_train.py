@@ -10,8 +10,7 @@ from torch import nn
 from bifamily.ema import EMA
 from bifamily.plugins import load_plugins
 from bifamily.recipe import load
-from bifamily.session import prepare
-from bifamily.train import Trainer, make_state
+from bifamily.session import make_trainer, prepare
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.toml"
 TINY = [
@@ -23,8 +22,8 @@ TINY = [
 def test_a_step_is_d_steps_discriminator_updates_then_one_generator_encoder_update(tmp_path):
     recipe = load(QUICKSTART, load_plugins(), TINY)
     prepared = prepare(recipe)
-    state = make_state(recipe, prepared.model, prepared.train_data)
-    trainer = Trainer(recipe, state, tmp_path, progress=False)
+    trainer = make_trainer(prepared, tmp_path, progress=False)
+    state = trainer.state
     d_stats, ge_stats = trainer.train_step()
     assert state.step == 1
     assert {float(s["step"]) for s in state.opt_d.state.values()} == {2.0}
@@ -62,7 +61,7 @@ def test_ema_of_a_module_without_buffers():
 def generator_calls_in_one_ge_update(tmp_path: Path, overrides: list[str]) -> tuple[int, dict[str, torch.Tensor]]:
     recipe = load(QUICKSTART, load_plugins(), [*TINY, *overrides])
     prepared = prepare(recipe)
-    trainer = Trainer(recipe, make_state(recipe, prepared.model, prepared.train_data), tmp_path, progress=False)
+    trainer = make_trainer(prepared, tmp_path, progress=False)
     calls = []
     prepared.model.generator.register_forward_hook(lambda *_: calls.append(1))
     stats = trainer.ge_step()
@@ -80,7 +79,7 @@ def reconstruction_errors(tmp_path: Path, cycle: float, steps: int) -> list[floa
     overrides = [*TINY, "train.batch_size=16", "generator.ch=8", "encoder.ch=8", f"loss.cycle={cycle}", "run.seed=3"]
     recipe = load(QUICKSTART, load_plugins(), overrides)
     prepared = prepare(recipe)
-    trainer = Trainer(recipe, make_state(recipe, prepared.model, prepared.train_data), tmp_path, progress=False)
+    trainer = make_trainer(prepared, tmp_path, progress=False)
     return [float(trainer.train_step()[1]["cycle_l1"]) for _ in range(steps)]
 
 

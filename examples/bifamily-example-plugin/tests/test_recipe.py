@@ -15,7 +15,7 @@ from bifamily_example import ConvMixer, GaussianMixturePrior, PixelShuffleGenera
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "example.toml"
 TINY = [
     "run.steps=2", "run.log_every=1", "run.sample_every=2", "run.checkpoint_every=2",
-    "train.batch_size=8", "eval.probe=false", "prior.dim=8",
+    "train.batch_size=8", 'eval.report=""', "prior.dim=8",
     "generator.ch=4", "encoder.width=8", "encoder.depth=1", "discriminator.ch=4",
     "discriminator.z_width=8", "discriminator.joint_width=8",
 ]

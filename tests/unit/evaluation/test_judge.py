@@ -21,11 +21,11 @@ from bifamily.context import BuildContext
 from bifamily.errors import DataError, RecipeError
 from bifamily.evaluation.judge import JudgeArchitecture, JudgeTraining, coverage, load_images, new_judge, train_judge
 from bifamily.evaluation.judge_cache import save_judge
-from bifamily.evaluation.metrics import MetricContext, Subject, check_labels
+from bifamily.evaluation.metrics import check_labels
+from bifamily.metric_interfaces import MetricContext, Subject
 from bifamily.interfaces import LatentPrior
 from bifamily.plugins import load_plugins
-from bifamily.recipe import EvalConfig, load
-from bifamily.session import report_lines
+from bifamily.recipe import load
 
 QUICKSTART = Path(__file__).resolve().parents[3] / "recipes" / "quickstart.toml"
 CTX = BuildContext(resolution=16, channels=1, latent_dim=4)
@@ -67,7 +67,7 @@ def held_out(splits):
 
 def metric(cache_dir, **settings):
     config = JudgeConfig(**{**FAST, **settings, "cache_dir": str(cache_dir)})
-    return config.build(MetricContext(model=CTX, eval=EvalConfig(), seed=0, feature_network=None))
+    return config.build(MetricContext(model=CTX, seed=0, train_samples=5000, test_samples=2000, feature_network=None))
 
 
 def subject(splits, images):
@@ -190,12 +190,12 @@ def test_a_data_set_without_labels_is_refused_naming_the_metric(splits, tmp_path
     assert not list(tmp_path.iterdir())
 
 
-def test_the_report_refuses_an_unknown_extra_metric_and_prints_the_judge_beside_real_images():
+def test_the_report_refuses_an_unknown_extra_metric_and_prints_the_judge_beside_real_images(tmp_path):
     with pytest.raises(RecipeError, match=r"\$\.eval\.report_extra: unknown metric 'nope'"):
         load(QUICKSTART, load_plugins(), ["eval.report_extra=judge,nope"])
-    report = {"run_dir": "runs/x", "judge_recognisable": 0.25, "judge_recognisable_real": 0.98, "judge_coverage": 0.5,
+    values = {"judge_recognisable": 0.25, "judge_recognisable_real": 0.98, "judge_coverage": 0.5,
               "judge_coverage_real": 1.0, "judge_accuracy": 0.97, "judge_fd": 3.0}
-    assert report_lines(report)[1] == (
+    assert metric(tmp_path).report_line(values, None) == (
         "sample judge (97.0% accurate on held-out images): 25.0% of generated samples recognisable vs 98.0% of "
         "held-out real images; class coverage 0.50 vs 1.00; judge FD 3.00"
     )

@@ -16,17 +16,10 @@ from bifamily.config import option
 from bifamily.context import BuildContext
 from bifamily.errors import DataError, RecipeError
 from bifamily.evaluation.best import BestSnapshot
-from bifamily.evaluation.metrics import (
-    MetricResult,
-    Subject,
-    best_direction,
-    build_metrics,
-    data_key,
-    evaluate,
-    format_table,
-)
+from bifamily.evaluation.metrics import best_direction, build_metrics, data_key, evaluate, format_table
 from bifamily.hookspecs import hookimpl
 from bifamily.interfaces import LatentPrior, Posterior
+from bifamily.metric_interfaces import MetricResult, Subject
 from bifamily.plugins import load_plugins
 from bifamily.recipe import load
 
@@ -167,7 +160,7 @@ def test_a_third_party_metric_is_recorded_with_its_settings(plugins):
 
 
 def test_probe_and_knn_separate_separable_classes_and_record_their_protocol(plugins):
-    r = recipe(plugins, "eval.train_samples=40", "eval.test_samples=20", "eval.probe_steps=50", "metrics.knn.k=3")
+    r = recipe(plugins, "eval.train_samples=40", "eval.test_samples=20", "metrics.probe.steps=50", "metrics.knn.k=3")
     metrics = build_metrics(r, plugins, ["probe", "knn"], CTX)
     probe, knn = evaluate(metrics, subject(TwoClasses(60, 0), TwoClasses(30, 1)), step=1)
     assert probe.result.values["probe_top1"] == 1.0 and probe.result.values["probe_top5"] == 1.0
@@ -187,16 +180,16 @@ class MeanOnlyEncoder(PixelEncoder):
 
 def test_the_recipe_chooses_posterior_mean_features_and_the_swept_learning_rates(plugins):
     def probe(*overrides):
-        r = recipe(plugins, "eval.train_samples=40", "eval.test_samples=20", "eval.probe_steps=50", *overrides)
+        r = recipe(plugins, "eval.train_samples=40", "eval.test_samples=20", "metrics.probe.steps=50", *overrides)
         metrics = build_metrics(r, plugins, ["probe"], CTX)
         train, test = TwoClasses(60, 0), TwoClasses(30, 1)
         probed = Subject(Replay(), MeanOnlyEncoder(), ZeroPrior(), CTX, train, test, {"kind": "two"}, 16, 0)
         return evaluate(metrics, probed, step=1)[0].result
 
     assert probe().values["probe_top1"] == 0.5  # constant features: every image gets the same class
-    mean = probe("metrics.probe.features=posterior_mean", "eval.probe_lr=1e-3", "metrics.probe.lrs=0.05, 0.001")
+    mean = probe("metrics.probe.features=posterior_mean", "metrics.probe.lrs=0.001, 0.05, 0.001")
     assert mean.values["probe_top1"] == 1.0 and mean.settings["features"] == "posterior_mean"
-    assert mean.settings["lrs"] == [1e-3, 0.05]  # eval.probe_lr first, duplicates dropped
+    assert mean.settings["lrs"] == [1e-3, 0.05]  # in order, duplicates dropped
 
 
 def test_the_reference_cache_key_names_the_data_folder_absolutely(plugins, tmp_path, monkeypatch):
