@@ -18,6 +18,7 @@ from bifamily.errors import BifamilyError
 from bifamily.guard import NonFinite
 from bifamily.rundir import RECONSTRUCTIONS, SAMPLES, STATS_FILE
 from bifamily.step_modules import resize
+from bifamily.train_state import save_state
 
 if TYPE_CHECKING:
     from bifamily.train import Trainer
@@ -48,7 +49,8 @@ class IntervalWork:
     ) -> NonFinite | None:
         """Whatever is due after this step; the failure instead, if the run diverged since the last tick."""
         trainer = self.trainer
-        run, step = trainer.settings.run, trainer.state.step
+        settings = trainer.settings
+        run, step = settings.run, trainer.state.step
         done = step == run.steps
         log = step % run.log_every == 0 or done
         grids = step % run.sample_every == 0 or done
@@ -67,7 +69,7 @@ class IntervalWork:
                 if grids:
                     self.write_grids()
                 if save:
-                    trainer.save_checkpoint()
+                    save_state(trainer.state, trainer.checkpoints, settings.snapshot_metadata)
         except OSError as error:  # a full or failing disk: say where, keep the traceback for bugs only
             raise BifamilyError(
                 f"{error.filename or trainer.writer.path}: cannot write: {error.strerror or error}"

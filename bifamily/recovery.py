@@ -15,6 +15,7 @@ import torch.distributed as dist
 from bifamily.distributed import World
 from bifamily.guard import NonFinite
 from bifamily.stopping import Diverged, Interrupted, StopSignals, signal_name
+from bifamily.train_state import load_state
 
 if TYPE_CHECKING:
     from bifamily.train import Trainer
@@ -88,9 +89,10 @@ class Recovery:
         if latest is None or self.rollbacks_since_checkpoint >= guard.max_rollbacks:
             tries = f"after {self.rollbacks_since_checkpoint} rollback(s) without a new checkpoint"
             raise Diverged([headline, f"giving up {tries}; {where}"], main_rank=main)
-        rollbacks = trainer.rollbacks + 1
-        trainer.resume(latest)
-        trainer.set_rollbacks(rollbacks)
+        state = trainer.state
+        rollbacks = state.rollbacks + 1
+        load_state(state, trainer.checkpoints, latest, trainer.writer if main else None)
+        state.set_rollbacks(rollbacks)
         self.rollbacks_since_checkpoint += 1
         trainer.watch.reset()
         if main:

@@ -38,8 +38,9 @@ from bifamily.recipe import Recipe
 from bifamily.rundir import RunDir, RunWriter, latest_run_dir, new_run_dir
 from bifamily.runlog import REPORT, ROOT, ProgressLines, file_log
 from bifamily.tensorboard_events import TensorBoardEvents
-from bifamily.train import Trainer, make_state
+from bifamily.train import Trainer
 from bifamily.train_config import TrainSettings
+from bifamily.train_state import load_state, make_state
 
 _notes, _results = logging.getLogger(ROOT), logging.getLogger(REPORT)
 
@@ -172,7 +173,8 @@ def _resume(trainer: Trainer, run_dir: Path, world: World) -> int:
         if not damaged:
             raise CheckpointError(f"--resume: no checkpoint in {RunDir(run_dir).checkpoints}")
         latest = damaged[-1]  # restoring it raises the error that names the damaged file
-    step = trainer.resume(latest)  # verifies the checkpoint before anything is appended
+    writer = trainer.writer if world.is_main else None
+    step = load_state(trainer.state, trainer.checkpoints, latest, writer)  # verified before anything is appended
     if world.is_main:
         trainer.checkpoints.repair_pointer(latest)
         _notes.info(f"resumed {run_dir} at step {step}")

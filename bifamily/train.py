@@ -1,9 +1,8 @@
 """The training loop: read it top to bottom.
 
 One iteration ("step") = ``train.d_steps`` discriminator updates, then one joint generator+encoder
-update, then the EMA update, then the tick (logging, grids, checkpoints). Each update draws a fresh
-global batch of ``train.batch_size`` real images and latents. Real pairs are (x, E(x)); fake pairs
-are (G(z), z).
+update, then the EMA update. Each update draws a fresh global batch of ``train.batch_size`` real
+images and latents. Real pairs are (x, E(x)); fake pairs are (G(z), z).
 
 Every rank runs this same loop (``bifamily.distributed``). An update is computed in
 ``train.accumulation`` micro-steps; in each, every rank handles its rows of the global batch
@@ -11,149 +10,36 @@ Every rank runs this same loop (``bifamily.distributed``). An update is computed
 micro-steps. DDP then averages the gradients over ranks once, on the last micro-step, so the update
 follows the mean loss over the global batch. Only rank 0 writes files and shows progress.
 
-Reliability (docs/reliability.md): every update records on the device whether its losses and
-gradients were finite, and ticks that write anything check that record first, so a diverged state is
-never logged or checkpointed; the run then stops (exit code 3) or, with ``guard.on_nonfinite =
-"rollback"``, reloads the latest checkpoint and continues on fresh data. SIGTERM and SIGINT finish
-the current step, write a checkpoint and stop; the ranks of a distributed run agree on the step.
+Between steps, and outside this module: the interval work (logs, grids, checkpoints;
+:mod:`bifamily.intervals`), which first checks that every update since the last one was finite, and
+the recovery (:mod:`bifamily.recovery`): SIGTERM and SIGINT finish the step, write a checkpoint and
+stop; a diverged step stops the run or rolls back to the latest checkpoint (docs/reliability.md). The
+state a step mutates, and its checkpoints, are :mod:`bifamily.train_state`'s.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import attrs
 import torch
 from tqdm import tqdm
 
-from bifamily.build import Model
 from bifamily.checkpoint.manager import CheckpointManager
-from bifamily.checkpoint.resume import RESUME_FILE, restore
-from bifamily.data import BatchLayout, BatchStream
 from bifamily.distributed import Replicated, World
-from bifamily.ema import EMA, ema_decay
-from bifamily.errors import BifamilyError, CheckpointError, DataError
+from bifamily.ema import ema_decay
+from bifamily.errors import BifamilyError, DataError
 from bifamily.guard import NonFiniteWatch
 from bifamily.intervals import IntervalWork
 from bifamily.precision import Precision
-from bifamily.randomness import RandomStreams, derive_seed
 from bifamily.recovery import Recovery
 from bifamily.rundir import RunWriter
 from bifamily.step_modules import GeneratorEncoder, ScorePairs, parameters_without_gradient, resize
-from bifamily.train_config import OptimConfig, TrainSettings
+from bifamily.train_config import TrainSettings
+from bifamily.train_state import TrainState, save_state
 
 MicroStep = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # x, x_e, z, noise
-
-
-@attrs.define
-class TrainState:
-    """Everything a step mutates, grouped so checkpoints and tests can reach it."""
-
-    model: Model
-    ema_generator: EMA
-    ema_encoder: EMA
-    opt_d: torch.optim.Optimizer
-    opt_ge: torch.optim.Optimizer
-    scaler_d: torch.amp.GradScaler
-    scaler_ge: torch.amp.GradScaler
-    layout: BatchLayout
-    stream: BatchStream
-    step: int = 0
-
-    def snapshot_modules(self) -> dict[str, torch.nn.Module]:
-        return {
-            **self.model.modules(),
-            "generator_ema": self.ema_generator.module,
-            "encoder_ema": self.ema_encoder.module,
-        }
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"d": self.opt_d, "ge": self.opt_ge}
-
-    def scalers(self) -> dict[str, torch.amp.GradScaler]:
-        return {"d": self.scaler_d, "ge": self.scaler_ge}
-
-
-def _adam(params: list[dict[str, Any]], o: OptimConfig) -> torch.optim.Adam:
-    # Fused Adam runs the whole update in one kernel per dtype/device (CPU and CUDA).
-    return torch.optim.Adam(params, betas=(o.beta1, o.beta2), eps=o.eps, fused=True)
-
-
-def make_state(settings: TrainSettings, model: Model, dataset: Any, world: World = World()) -> TrainState:
-    o, t = settings.optim, settings.train
-    opt_d = _adam([{"params": model.discriminator.parameters(), "lr": o.d_lr}], o)
-    opt_ge = _adam(
-        [
-            {"params": model.generator.parameters(), "lr": o.g_lr},
-            {"params": model.encoder.parameters(), "lr": o.encoder_lr},
-        ],
-        o,
-    )
-    precision = Precision(t.precision, model.context.device)
-    layout = BatchLayout(t.batch_size, t.accumulation, world.size, world.rank)
-    stream = BatchStream(
-        dataset,
-        t.batch_size,
-        settings.run.seed,
-        t.num_workers,
-        rows=layout.rows(),
-        pin_memory=model.context.device.type == "cuda",
-    )
-    return TrainState(
-        model,
-        EMA(model.generator),
-        EMA(model.encoder),
-        opt_d,
-        opt_ge,
-        precision.scaler(),
-        precision.scaler(),
-        layout,
-        stream,
-    )
-
-
-def _check_extra(checkpoint: Path, extra: dict) -> None:
-    """Refuse a resume file whose ``extra`` (written by :meth:`Trainer.save_checkpoint`) has another shape."""
-    data, guard, scalers = extra.get("data"), extra.get("guard", {}), extra.get("scalers", {})
-
-    def count(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-    if not (
-        isinstance(data, dict)
-        and count(data.get("epoch"))
-        and count(data.get("batch"))
-        and isinstance(guard, dict)
-        and count(guard.get("rollbacks", 0))
-        and isinstance(scalers, dict)
-        and all(isinstance(state, dict) for state in scalers.values())
-    ):
-        raise CheckpointError(
-            f"{checkpoint / RESUME_FILE}: malformed resume metadata: 'extra' lacks the data position "
-            "(epoch, batch), or its guard or scaler state has another shape"
-        )
-
-
-def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
-    """Give every restored optimizer-state tensor its parameter's memory layout.
-
-    Checkpoints store contiguous (NCHW) tensors, but with ``train.channels_last`` the conv weights are
-    NHWC, and fused Adam pairs state and parameter elements in storage order: mismatched layouts
-    would silently update the wrong elements.
-    """
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            state = optimizer.state.get(param, {})
-            for key, value in state.items():
-                if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
-                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
-
-
-def _rollback_seed(seed: int, rollbacks: int) -> int:
-    """The data-order and latent seed after ``rollbacks`` rollbacks (the recipe's seed before any)."""
-    return seed if rollbacks == 0 else derive_seed(seed, "rollback", rollbacks) % 2**32
 
 
 def _reading_failed(exc: Exception, step: int) -> DataError:
@@ -187,9 +73,7 @@ class Trainer:
         self.progress = progress and world.is_main
         self.device = self.model.context.device
         self.precision = Precision(settings.train.precision, self.device)
-        self.streams = RandomStreams(settings.run.seed, world.rank, self.model.prior)
         self.watch = NonFiniteWatch(self.device)
-        self.rollbacks = 0  # in this run's history: each one re-seeds data order and latents
         self.recovery = Recovery(self)
         self._wrap_step_modules()
 
@@ -219,7 +103,7 @@ class Trainer:
         shape = (layout.accumulation, layout.micro_batch)
         x = self._as_input(resize(images, ctx.resolution)).unflatten(0, shape)
         x_e = self._as_input(resize(images, ctx.encoder_input_resolution)).unflatten(0, shape)
-        z, noise = (layout.local(t).to(self.device, non_blocking=True) for t in self.streams.draw(layout.batch_size))
+        z, noise = (layout.local(t).to(self.device, non_blocking=True) for t in self.state.streams.draw(layout.batch_size))
         return list(zip(x, x_e, z, noise))
 
     def _as_input(self, images: torch.Tensor) -> torch.Tensor:
@@ -287,67 +171,13 @@ class Trainer:
     def train_step(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """One iteration: this step's random streams, ``train.d_steps`` D updates, the joint G+E update
         and EMA; returns the last D update's and the G+E update's statistics (device tensors)."""
-        self.streams.start_step(self.state.step)
+        self.state.streams.start_step(self.state.step)
         for _ in range(self.settings.train.d_steps):
             d_stats = self.d_step()
         ge_stats = self.ge_step()
         self.ema_step()
         self.state.step += 1
         return d_stats, ge_stats
-
-    # -- checkpoints ------------------------------------------------------------------------------
-
-    def save_checkpoint(self) -> Path:
-        extra = {
-            "data": self.state.stream.state(),
-            "step": self.state.step,
-            "scalers": {name: scaler.state_dict() for name, scaler in self.state.scalers().items()},
-            "guard": {"rollbacks": self.rollbacks},
-        }
-        return self.checkpoints.save(
-            self.state.step,
-            self.state.snapshot_modules(),
-            self.state.optimizers(),
-            {**self.settings.snapshot_metadata, "step": str(self.state.step)},
-            extra,
-        )
-
-    def resume(self, checkpoint: Path) -> int:
-        """Load a checkpoint folder into the state (on every rank); returns the step it was taken at.
-
-        Nothing in it depends on the world size that wrote it: the data position counts global
-        batches and the random streams are re-seeded from the step (and the number of rollbacks
-        behind it). A damaged checkpoint is refused, naming an earlier whole one if there is one.
-        """
-        try:
-            step, extra = restore(checkpoint, self.state.snapshot_modules(), self.state.optimizers())
-        except CheckpointError as error:
-            previous = self.checkpoints.whole_before(checkpoint)
-            if previous is None:
-                raise
-            hint = f"the checkpoint before it, {previous}, is whole: move {checkpoint} aside to resume from that one"
-            raise CheckpointError(f"{error}\n{hint}") from None
-        _check_extra(checkpoint, extra)
-        for optimizer in self.state.optimizers().values():
-            _match_parameter_layouts(optimizer)
-        self.state.step = step
-        self.state.stream.load_state(extra["data"])
-        self.set_rollbacks(extra.get("guard", {}).get("rollbacks", 0))
-        for name, scaler in self.state.scalers().items():
-            saved = extra.get("scalers", {}).get(name)
-            if saved and scaler.is_enabled():
-                scaler.load_state_dict(saved)
-        if self.world.is_main:
-            self.writer.truncate_after(step)
-        return step
-
-    def set_rollbacks(self, rollbacks: int) -> None:
-        """Re-seed the data order and the latent and noise streams for the history after ``rollbacks``
-        rollbacks (call right after the stream's position was loaded)."""
-        self.rollbacks = rollbacks
-        seed = _rollback_seed(self.settings.run.seed, rollbacks)
-        self.streams.seed = seed
-        self.state.stream.seed = seed
 
     # -- the loop ----------------------------------------------------------------------------------
 
@@ -369,7 +199,7 @@ class Trainer:
         if state.step == 0 and self.world.is_main:
             self.writer.truncate_after(0)  # log lines of an attempt killed before its first checkpoint
         if self.settings.guard.on_nonfinite == "rollback" and self.world.is_main and self.checkpoints.latest() is None:
-            self.save_checkpoint()  # something to roll back to before the first interval checkpoint
+            save_state(state, self.checkpoints, self.settings.snapshot_metadata)  # to roll back to before the first interval checkpoint
         try:
             with self.recovery.signals.installed():
                 while state.step < run.steps:

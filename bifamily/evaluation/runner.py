@@ -143,7 +143,7 @@ class EvaluationSchedule:
         return self.records if self.step == step else []
 
     def __call__(self, trainer: Any) -> None:
-        self._follow_rollbacks(trainer.rollbacks, trainer.checkpoints)
+        self._follow_rollbacks(trainer.state.rollbacks, trainer.checkpoints)
         step = trainer.state.step
         if not self.due(step):
             return
