@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 import shutil
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -48,7 +47,6 @@ class CheckpointManager:
         optimizers: dict[str, torch.optim.Optimizer],
         metadata: dict[str, str],
         extra: dict,
-        generators: Mapping[str, torch.Generator] = {},
     ) -> Path:
         """Write the folder of ``step`` atomically, point ``latest`` at it, prune; returns the folder.
 
@@ -60,7 +58,7 @@ class CheckpointManager:
         snapshot_tensors, snapshot_metadata = snapshot_payload(modules, metadata)
         snapshot_bytes, snapshot_sha = files.serialize(snapshot_tensors, snapshot_metadata)
         del snapshot_tensors
-        resume_tensors, resume_metadata = resume_payload(step, optimizers, extra, generators)
+        resume_tensors, resume_metadata = resume_payload(step, optimizers, extra)
         resume_metadata["snapshot_sha256"] = snapshot_sha
 
         name = step_name(step)

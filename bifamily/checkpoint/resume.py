@@ -1,8 +1,11 @@
 """Resume state: what a checkpoint holds beside its snapshot so training continues exactly.
 
 ``resume.safetensors`` holds the optimizer states (flattened to tensors plus a JSON layout, parameters
-identified by position), the torch and CUDA RNG states (and those of any ``torch.Generator`` passed), the step and the trainer's JSON-able ``extra``
-dict, and the checksum of the snapshot it belongs to, so a mixed-up pair is refused.
+identified by position), the step, the trainer's JSON-able ``extra`` dict, and the checksum of the
+snapshot it belongs to, so a mixed-up pair is refused. It holds no RNG states: the trainer re-seeds
+every random stream from (seed, step) at the start of each step (:mod:`bifamily.randomness`), so a
+restored state would be overwritten before its first use. (Files written before kept them; they are
+ignored.)
 """
 
 from __future__ import annotations
@@ -44,9 +47,8 @@ def restore(
     checkpoint_dir: Path,
     modules: dict[str, nn.Module],
     optimizers: dict[str, torch.optim.Optimizer],
-    generators: Mapping[str, torch.Generator] = {},
 ) -> tuple[int, dict]:
-    """Load a checkpoint folder into modules, optimizers and RNGs; returns ``(step, extra)``.
+    """Load a checkpoint folder into modules and optimizers; returns ``(step, extra)``.
 
     Everything is read and checked before anything is changed, so a refused checkpoint leaves the
     objects untouched.
@@ -62,17 +64,14 @@ def restore(
     step = metadata_json(resume_path, resume_metadata, "step", int)
     extra = metadata_json(resume_path, resume_metadata, "extra", dict)
     layouts = metadata_json(resume_path, resume_metadata, "optimizers", dict)
-    rng = metadata_json(resume_path, resume_metadata, "rng", dict)
     try:  # the layouts' inner shape is checked as it is decoded
         optimizer_states = _optimizer_states(resume_path, resume, layouts, optimizers)
-        rng_states = _rng_states(resume_path, resume, rng, generators)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
         raise CheckpointError(f"{resume_path}: malformed resume metadata ({type(error).__name__}: {error})") from None
 
     apply_modules(snapshot, modules)
     for name, optimizer in optimizers.items():
         optimizer.load_state_dict(optimizer_states[name])
-    _apply_rng(rng_states, generators)
     return step, extra
 
 
@@ -80,7 +79,6 @@ def resume_payload(
     step: int,
     optimizers: Mapping[str, torch.optim.Optimizer],
     extra: dict,
-    generators: Mapping[str, torch.Generator],
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors and metadata of a resume file (its ``snapshot_sha256`` is the caller's to add)."""
     tensors: dict[str, torch.Tensor] = {}
@@ -88,7 +86,6 @@ def resume_payload(
     for name, optimizer in optimizers.items():
         files.check_name("optimizer", name)
         layouts[name] = _flatten_optimizer(name, optimizer, tensors)
-    rng = _rng_payload(generators, tensors)
     try:
         extra_json = json.dumps(extra, allow_nan=False)
     except (TypeError, ValueError) as error:
@@ -98,7 +95,6 @@ def resume_payload(
         "step": str(int(step)),
         "extra": extra_json,
         "optimizers": json.dumps(layouts),
-        "rng": json.dumps(rng),
     }
     return files.storable(tensors), metadata
 
@@ -207,40 +203,3 @@ def _optimizer_states(
         state = {int(p): _decode_entries(entries, tensors, path) for p, entries in layout["state"].items()}
         states[name] = {"state": state, "param_groups": groups}
     return states
-
-
-def _rng_payload(generators: Mapping[str, torch.Generator], tensors: dict[str, torch.Tensor]) -> dict:
-    tensors["rng.torch"] = torch.get_rng_state()
-    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-    for device, state in enumerate(cuda_states):
-        tensors[f"rng.cuda.{device}"] = state
-    for name, generator in generators.items():
-        files.check_name("generator", name)
-        tensors[f"rng.generator.{name}"] = generator.get_state()
-    return {"cuda_devices": len(cuda_states), "generators": sorted(generators)}
-
-
-def _rng_states(
-    path: Path, tensors: Mapping[str, torch.Tensor], rng: dict, generators: Mapping[str, torch.Generator]
-) -> dict[str, torch.Tensor]:
-    if set(rng["generators"]) != set(generators):
-        raise CheckpointError(
-            f"{path}: holds generators {sorted(rng['generators'])}, the caller passed {sorted(generators)}"
-        )
-    names = ["rng.torch", *(f"rng.generator.{name}" for name in generators)]
-    names += [f"rng.cuda.{device}" for device in range(rng["cuda_devices"])]
-    missing = [name for name in names if name not in tensors]
-    if missing:
-        raise CheckpointError(f"{path}: RNG state {missing[0]} is missing")
-    return {name: tensors[name] for name in names}
-
-
-def _apply_rng(states: Mapping[str, torch.Tensor], generators: Mapping[str, torch.Generator]) -> None:
-    """Set the torch RNGs; CUDA states are restored for the devices present here."""
-    torch.set_rng_state(states["rng.torch"])
-    for name, generator in generators.items():
-        generator.set_state(states[f"rng.generator.{name}"])
-    if torch.cuda.is_available():
-        for device in range(torch.cuda.device_count()):
-            if f"rng.cuda.{device}" in states:
-                torch.cuda.set_rng_state(states[f"rng.cuda.{device}"], device)

@@ -191,7 +191,6 @@ RESUME_FIELDS = {
     "extra-bad-guard": ("extra", '{"data": {"epoch": 0, "batch": 0}, "guard": []}', "guard or scaler state"),
     "optimizers-string": ("optimizers", '"adam"', "metadata 'optimizers' must hold a JSON object, got string"),
     "optimizers-inner": ("optimizers", '{"d": [], "ge": []}', "malformed resume metadata"),
-    "rng-list": ("rng", "[1]", "metadata 'rng' must hold a JSON object, got array"),
     "step-text": ("step", '"four"', "metadata 'step' must hold a JSON integer, got string"),
     "step-bool": ("step", "true", "metadata 'step' must hold a JSON integer, got boolean"),
 }

@@ -74,18 +74,20 @@ def assert_same_optimizer(a: torch.optim.Optimizer, b: torch.optim.Optimizer) ->
 
 
 def save_states(directory: Path, steps_and_seeds: list[tuple[int, int]], keep: int = 3) -> dict[int, Net]:
-    """Save one checkpoint per (step, seed) with a net trained from that seed; returns the nets."""
+    """Save one checkpoint per (step, seed) with a net trained from that seed (and an optimizer with
+    Adam state, so the resume file holds tensors); returns the nets."""
     manager = CheckpointManager(directory, keep=keep)
     nets = {}
     for step, seed in steps_and_seeds:
         nets[step] = trained_net(seed)
-        manager.save(step, {"generator": nets[step]}, {}, {"step": str(step)}, {"batch": step})
+        optimizer = stepped_optimizer(trained_net(seed))  # a twin: the saved weights stay trained_net(seed)'s
+        manager.save(step, {"generator": nets[step]}, {"g": optimizer}, {"step": str(step)}, {"batch": step})
     return nets
 
 
 def restored_net(folder: Path) -> tuple[int, Net]:
     net = trained_net(99)
-    step, _ = restore(folder, {"generator": net}, {})
+    step, _ = restore(folder, {"generator": net}, {"g": stepped_optimizer(trained_net(98))})
     return step, net
 
 
