@@ -91,11 +91,12 @@ def bifamily_register_datasets(register: Register) -> None:
 def bifamily_register_metrics(register: Register) -> None:
     """Register evaluation metrics (chosen by name in ``[eval] metrics``; settings in ``[metrics.NAME]``).
 
-    ``config_cls.build(ctx)`` receives a :class:`bifamily.evaluation.metrics.MetricContext` and returns a
-    :class:`bifamily.evaluation.metrics.Metric`: ``directions`` (value name -> "max" or "min", the
+    ``config_cls.build(ctx)`` receives a :class:`bifamily.metric_interfaces.MetricContext` and returns a
+    :class:`bifamily.metric_interfaces.Metric`: ``directions`` (value name -> "max" or "min", the
     values a run may keep its best checkpoint by), ``needs_labels``, and ``compute(subject)`` returning
-    a :class:`bifamily.evaluation.metrics.MetricResult` (values, the settings that make them
-    comparable, optional image grids). The config class docstring is the metric's documented protocol.
+    a :class:`bifamily.metric_interfaces.MetricResult` (values, the settings that make them
+    comparable, optional image grids), and optionally ``report_line(values, initial)``, its line in the
+    end-of-run report. The config class docstring is the metric's documented protocol.
     """
 
 

@@ -60,8 +60,6 @@ class IntervalWork:
         failure = trainer.watch.first_failure(trainer.world)
         if failure is not None:
             return failure
-        if save:
-            trainer.recovery.checkpoint_written()
         try:
             if log:
                 self._log({**d_stats, **ge_stats})

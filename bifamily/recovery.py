@@ -7,6 +7,7 @@ latest checkpoint and goes on with a fresh data order.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -36,10 +37,8 @@ class Recovery:
         self.trainer = trainer
         self.signals = StopSignals()
         self.rollbacks_since_checkpoint = 0
+        self._rolled_back_to: Path | None = None  # the checkpoint of the last rollback
         self._control = _control_group(trainer.world)
-
-    def checkpoint_written(self) -> None:
-        self.rollbacks_since_checkpoint = 0
 
     def agreed_stop(self) -> int:
         """The stop signal any rank has received (0: none): every rank gets the same answer after the
@@ -86,6 +85,8 @@ class Recovery:
                 ],
                 main_rank=main,
             )
+        if latest != self._rolled_back_to:  # a checkpoint was written since the last rollback
+            self.rollbacks_since_checkpoint = 0
         if latest is None or self.rollbacks_since_checkpoint >= guard.max_rollbacks:
             tries = f"after {self.rollbacks_since_checkpoint} rollback(s) without a new checkpoint"
             raise Diverged([headline, f"giving up {tries}; {where}"], main_rank=main)
@@ -94,6 +95,7 @@ class Recovery:
         load_state(state, trainer.checkpoints, latest, trainer.writer if main else None)
         state.set_rollbacks(rollbacks)
         self.rollbacks_since_checkpoint += 1
+        self._rolled_back_to = latest
         trainer.watch.reset()
         if main:
             logging.getLogger("bifamily").warning(

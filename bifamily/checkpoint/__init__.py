@@ -5,12 +5,12 @@ A checkpoint folder holds two files:
 - ``snapshot.safetensors`` (:mod:`~bifamily.checkpoint.snapshot`): the weights of named modules and
   the caller's str->str metadata (the trainer stores the resolved recipe there). This file alone is
   enough to evaluate or sample; it is what a user shares.
-- ``resume.safetensors`` (:mod:`~bifamily.checkpoint.resume`): optimizer states, RNG states, the step
-  and a JSON-able ``extra`` dict, tied to its snapshot by the snapshot's checksum.
+- ``resume.safetensors`` (:mod:`~bifamily.checkpoint.resume`): optimizer states, the step and a
+  JSON-able ``extra`` dict, tied to its snapshot by the snapshot's checksum.
 
 :mod:`~bifamily.checkpoint.manager` numbers the folders, moves the pointer to the latest, prunes and
-finds the checkpoint to resume from (where they lie in a run directory: :class:`bifamily.rundir.RunDir`); :mod:`~bifamily.checkpoint.files` is the file layer under all of
-them (checksums, length checks, fsync and atomic renames). Nothing is ever unpickled.
+finds the checkpoint to resume from (where they lie in a run directory: :class:`bifamily.rundir.RunDir`);
+:mod:`~bifamily.checkpoint.files` is the file layer under all of them (checksums, length checks, fsync and atomic renames). Nothing is ever unpickled.
 
 :func:`~bifamily.checkpoint.snapshot.load_snapshot` rebuilds a trained model from a snapshot alone.
 """
