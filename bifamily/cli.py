@@ -178,7 +178,7 @@ def run(
     """
     from bifamily import distributed
     from bifamily.preflight import preflight
-    from bifamily.session import choose_run_dir, prepare, run_training
+    from bifamily.session import choose_run_dir, run_checked
 
     resolved = _load(recipe, overrides)
     world = _world(resolved, nproc)
@@ -193,9 +193,7 @@ def run(
         _launch(resolved, recipe, overrides, out, resume, show_progress, nproc)
         return
     with showing_run_log(bar=show_progress), distributed.joined(world, resolved.train.collective_timeout_s):
-        prepared = prepare(resolved, world, checked=checked)
-        run_dir = world.on_main(lambda: choose_run_dir(resolved, out, resume))
-        run_training(prepared, run_dir, resume=resume, world=world, progress=show_progress)
+        run_checked(checked, out, resume=resume, progress=show_progress)
 
 
 def _world(resolved: Recipe, nproc: int | None) -> World:

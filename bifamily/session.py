@@ -113,6 +113,15 @@ def choose_run_dir(recipe: Recipe, out: str | None, resume: bool) -> Path:
     return new_run_dir(root, recipe.run.name)
 
 
+def run_checked(checked: Checked, out: str | None, *, resume: bool, progress: bool = True) -> dict[str, Any]:
+    """Run a recipe that passed the pre-flight in this process of its world: build, choose the run
+    directory (rank 0 decides), train, report."""
+    recipe, world = checked.recipe, checked.world
+    prepared = prepare(recipe, world, checked=checked)
+    run_dir = world.on_main(lambda: choose_run_dir(recipe, out, resume))
+    return run_training(prepared, run_dir, resume=resume, world=world, progress=progress)
+
+
 def run_training(
     prepared: Prepared, run_dir: Path, *, resume: bool, world: World = World(), progress: bool = True
 ) -> dict[str, Any]:
