@@ -72,7 +72,7 @@ def train(args: argparse.Namespace) -> tuple[list[str], float]:
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from bifamily.build import build_model
     from bifamily.evaluation.metrics import build_metrics, evaluate as compute, make_subject
-    from bifamily.checkpoint.snapshot import load_snapshot
+    from bifamily.checkpoint.loading import load_snapshot
     from bifamily.plugins import default_plugins
     from bifamily.recipe import apply_overrides, from_dict
     from bifamily.preflight import open_data

@@ -276,7 +276,7 @@ snapshot_argument = click.argument("snapshot", metavar="SNAPSHOT", type=click.Pa
 
 def _snapshot(snapshot: str, overrides: tuple[str, ...], device: str) -> Any:
     from bifamily.distributed import resolve_device
-    from bifamily.checkpoint.snapshot import load_snapshot
+    from bifamily.checkpoint.loading import load_snapshot
 
     return load_snapshot(snapshot, _plugins(), list(overrides), resolve_device(device, key="--device"))
 

@@ -18,7 +18,8 @@ from torch import nn
 
 from bifamily import __version__
 from bifamily.build import make_context
-from bifamily.checkpoint.snapshot import find_snapshot, rebuild_model, save_snapshot, snapshot_metadata
+from bifamily.checkpoint.loading import find_snapshot
+from bifamily.checkpoint.snapshot import rebuild_model, save_snapshot, snapshot_metadata
 from bifamily.errors import BifamilyError
 from bifamily.interfaces import Encoder
 from bifamily.plugins import PluginSet, default_plugins

@@ -12,15 +12,15 @@ A checkpoint folder holds two files:
 finds the checkpoint to resume from (where they lie in a run directory: :class:`bifamily.rundir.RunDir`);
 :mod:`~bifamily.checkpoint.files` is the file layer under all of them (checksums, length checks, fsync and atomic renames). Nothing is ever unpickled.
 
-:func:`~bifamily.checkpoint.snapshot.load_snapshot` rebuilds a trained model from a snapshot alone.
+:func:`~bifamily.checkpoint.loading.load_snapshot` rebuilds a trained model from a snapshot alone.
 """
 
+from bifamily.checkpoint.loading import load_snapshot
 from bifamily.checkpoint.manager import CheckpointManager
 from bifamily.checkpoint.resume import RESUME_FILE, restore
 from bifamily.checkpoint.snapshot import (
     SNAPSHOT_FILE,
     load_modules,
-    load_snapshot,
     metadata_json,
     read_snapshot,
     save_snapshot,

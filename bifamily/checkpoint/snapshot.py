@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import attrs
 import torch
 from torch import nn
 
@@ -29,7 +28,6 @@ from bifamily.checkpoint import files
 from bifamily.errors import CheckpointError
 from bifamily.plugins import PluginSet
 from bifamily.recipe import TOO_DEEP, Recipe, apply_overrides, from_dict, too_deep
-from bifamily.rundir import RunDir
 
 SNAPSHOT_FILE = "snapshot.safetensors"
 SNAPSHOT_FORMAT = "bifamily.snapshot/1"
@@ -209,46 +207,3 @@ def rebuild_model(
     model = build_model(recipe, make_context(recipe, device))
     load_modules(tensors, {f"{name}_ema": getattr(model, name) for name in ema}, path)
     return model, recipe, step
-
-
-@attrs.frozen
-class LoadedSnapshot:
-    path: Path
-    run_dir: Path | None  # the run directory the snapshot belongs to, when it is inside one
-    recipe: Recipe
-    model: Model  # generator and encoder hold the EMA weights; every module in eval mode
-    step: int
-
-
-def find_snapshot(target: Path) -> tuple[Path, Path | None]:
-    """The snapshot file ``target`` names, and the run directory holding it (None outside one)."""
-    from bifamily.checkpoint.manager import CheckpointManager  # here: the manager imports this module
-
-    target = Path(target)
-    run = RunDir(target)
-    if target.is_file():
-        snapshot = target
-    elif (target / SNAPSHOT_FILE).is_file():
-        snapshot = target / SNAPSHOT_FILE
-    elif run.is_run_dir():
-        latest = CheckpointManager(run.checkpoints).latest()
-        if latest is None:
-            raise CheckpointError(f"{target}: the run has no complete checkpoint in {run.checkpoints}")
-        snapshot = latest / SNAPSHOT_FILE
-    else:
-        raise CheckpointError(
-            f"{target}: not a snapshot file, a folder holding {SNAPSHOT_FILE}, or a run directory"
-        )
-    run_dir = next((folder for folder in list(snapshot.parents)[:3] if RunDir(folder).is_run_dir()), None)
-    return snapshot, run_dir
-
-
-def load_snapshot(
-    target: str | Path, plugins: PluginSet, overrides: list[str] = (), device: torch.device | str = "cpu"
-) -> LoadedSnapshot:
-    """Rebuild the snapshot's model on ``device`` with its EMA generator and encoder weights."""
-    path, run_dir = find_snapshot(Path(target))
-    model, recipe, step = rebuild_model(path, plugins, overrides, device)
-    for module in model.modules().values():
-        module.to(device).eval()
-    return LoadedSnapshot(path, run_dir, recipe, model, step)

@@ -18,7 +18,7 @@ from bifamily.build import build_model, make_context
 from bifamily.checkpoint import save_snapshot
 from bifamily.cli import main
 from bifamily.errors import BifamilyError
-from bifamily.checkpoint.snapshot import load_snapshot
+from bifamily.checkpoint.loading import load_snapshot
 from bifamily.interop import EXPORT_INFO, EncoderFeatures, load_module
 from bifamily.plugins import default_plugins
 from bifamily.recipe import load
