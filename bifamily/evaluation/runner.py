@@ -67,11 +67,11 @@ class Evaluator:
         (rebuilt from the recipe's seed), ``once`` on the EMA weights; results in ``computed`` (the
         schedule's at this step, same settings) are reused."""
         initial_encoder = build_model(self.recipe, self.context).encoder.to(self.context.device).eval()
-        reused = {r.metric: r for r in computed if r.metric in {*compared, *once}}
-        pending = {name: metric for name, metric in {**compared, **once}.items() if name not in reused}
+        metrics = {**compared, **once}
+        reused = {r.metric: r for r in computed if r.metric in metrics}
+        pending = {name: metric for name, metric in metrics.items() if name not in reused}
         trained = {**reused, **{r.metric: r for r in self.compute(pending, generator, encoder, step)}}
         initial = {r.metric: r for r in self.compute(compared, generator, initial_encoder, step)}
-        metrics = {**compared, **once}
         return Report(step, {name: trained[name] for name in metrics}, initial, metrics)
 
 

@@ -16,7 +16,8 @@ from bifamily.config import option
 from bifamily.context import BuildContext
 from bifamily.errors import DataError, RecipeError
 from bifamily.evaluation.best import BestSnapshot
-from bifamily.evaluation.metrics import best_direction, build_metrics, data_key, evaluate, format_table
+from bifamily.evaluation.metrics import Record, best_direction, build_metrics, data_key, evaluate, format_table
+from bifamily.evaluation.runner import Report
 from bifamily.hookspecs import hookimpl
 from bifamily.interfaces import LatentPrior, Posterior
 from bifamily.metric_interfaces import MetricResult, Subject
@@ -157,6 +158,18 @@ def test_a_third_party_metric_is_recorded_with_its_settings(plugins):
     assert best_direction("constant", metrics) == "min"
     with pytest.raises(RecipeError, match=r"\$.eval.best: 'fid' is not a value of the metrics .* constant"):
         best_direction("fid", metrics)
+
+
+def test_the_report_record_pairs_compared_values_with_their_init_twins_and_prints_plain_values_by_default():
+    trained = {"constant": Record(9, "constant", MetricResult({"constant": 0.25}, {"value": 0.25})),
+               "extra": Record(9, "extra", MetricResult({"extra_value": 2.0}, {"n": 1}))}
+    initial = {"constant": Record(9, "constant", MetricResult({"constant": 0.5}, {"value": 0.5}))}
+    report = Report(9, trained, initial, {"constant": ConstantMetric(0.25), "extra": ConstantMetric(2.0)})
+    assert report.record() == {
+        "step": 9, "metric": "report", "constant": 0.25, "constant_init": 0.5, "extra_value": 2.0,
+        "settings": {"constant": {"value": 0.25}, "extra": {"n": 1}},
+    }
+    assert report.lines() == ["constant: constant 0.25", "extra: extra_value 2"]
 
 
 def test_probe_and_knn_separate_separable_classes_and_record_their_protocol(plugins):
