@@ -59,13 +59,21 @@ def fid_from_features(a: Features, b: Features) -> float:
     return fid_from_stats(*feature_stats(a), *feature_stats(b))
 
 
+# Sets up to this many rows get their kernel matrices computed once (at most 3 x 128 MiB of float64).
+WHOLE_KERNEL_ROWS = 4096
+
+
 def kid_from_features(
     a: Features, b: Features, num_subsets: int = 100, max_subset_size: int = 1000, seed: int = 0
 ) -> float:
     """KID: unbiased MMD^2 with the cubic polynomial kernel, averaged over random subsets.
 
-    clean-fid draws the subsets from NumPy's global generator; it is seeded with ``seed`` for the call
-    and restored afterwards, so the value is reproducible and the caller's random stream untouched.
+    The subsets are clean-fid's ``kernel_distance`` draws from NumPy's global generator, seeded with
+    ``seed`` for the call and restored afterwards, so the value is reproducible and the caller's random
+    stream untouched. When both sets have at most ``WHOLE_KERNEL_ROWS`` rows the three kernel matrices
+    are computed once and each subset's sums read from them, the same value as clean-fid's (which
+    recomputes them per subset) up to float64 rounding and about ten times faster at the sample judge's
+    sizes; larger sets go through clean-fid's function.
     """
     a, b = _float64(a), _float64(b)
     if min(a.shape[0], b.shape[0], max_subset_size) < 2:
@@ -73,9 +81,37 @@ def kid_from_features(
     state = np.random.get_state()
     np.random.seed(seed)
     try:
+        if max(a.shape[0], b.shape[0]) <= WHOLE_KERNEL_ROWS:
+            return _kid_from_whole_kernels(a, b, num_subsets, max_subset_size)
         return float(cleanfid_fid.kernel_distance(a, b, num_subsets=num_subsets, max_subset_size=max_subset_size))
     finally:
         np.random.set_state(state)
+
+
+def _cubic_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    k = x @ y.T / x.shape[1] + 1
+    return k * k * k
+
+
+def _kid_from_whole_kernels(a: np.ndarray, b: np.ndarray, num_subsets: int, max_subset_size: int) -> float:
+    """clean-fid's ``kernel_distance`` (same draws, same estimator) on kernel matrices computed once.
+
+    A subset's kernel sum is s' K s for its 0/1 indicator vector s, so all subsets' sums come from one
+    matrix product per kernel."""
+    m = min(a.shape[0], b.shape[0], max_subset_size)
+    in_b, in_a = np.zeros((num_subsets, b.shape[0])), np.zeros((num_subsets, a.shape[0]))
+    for row in range(num_subsets):
+        in_b[row, np.random.choice(b.shape[0], m, replace=False)] = 1.0  # clean-fid draws from b first
+        in_a[row, np.random.choice(a.shape[0], m, replace=False)] = 1.0
+    k_bb, k_aa, k_ba = _cubic_kernel(b, b), _cubic_kernel(a, a), _cubic_kernel(b, a)
+
+    def subset_sums(left: np.ndarray, kernel: np.ndarray, right: np.ndarray) -> np.ndarray:
+        return ((left @ kernel) * right).sum(axis=1)
+
+    within = subset_sums(in_b, k_bb, in_b) + subset_sums(in_a, k_aa, in_a)
+    diagonal = in_b @ np.diag(k_bb) + in_a @ np.diag(k_aa)
+    between = subset_sums(in_b, k_ba, in_a)
+    return float(((within - diagonal) / (m - 1) - between * 2 / m).sum() / num_subsets / m)
 
 
 def inception_score(logits: Features, splits: int = 10) -> tuple[float, float]:

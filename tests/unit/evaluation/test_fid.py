@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from cleanfid import fid as cleanfid_fid
 
 from bifamily.errors import BifamilyError
 from bifamily.evaluation.feature_networks import (
@@ -13,6 +14,7 @@ from bifamily.evaluation.feature_networks import (
     RandomConvFeatures,
     load_inception,
 )
+from bifamily.evaluation import fid as fid_module
 from bifamily.evaluation.fid import (
     feature_stats,
     fid_from_features,
@@ -79,6 +81,18 @@ def test_kid_is_reproducible_and_leaves_numpys_global_generator_alone():
     first = kid_from_features(a, b, num_subsets=5, max_subset_size=100)
     assert np.random.rand() == expected_next
     assert kid_from_features(a, b, num_subsets=5, max_subset_size=100) == first
+
+
+@pytest.mark.parametrize("whole_kernel_rows", [4096, 0], ids=["kernels-once", "clean-fid-per-subset"])
+@pytest.mark.parametrize("sizes", [(300, 300, 100), (120, 450, 1000)], ids=["subsets", "capped-by-smaller-set"])
+def test_kid_is_clean_fids_kernel_distance_on_the_same_draws(monkeypatch, whole_kernel_rows, sizes):
+    monkeypatch.setattr(fid_module, "WHOLE_KERNEL_ROWS", whole_kernel_rows)
+    rows_a, rows_b, subset = sizes
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(rows_a, 12)), rng.normal(0.1, 1.2, size=(rows_b, 12))
+    np.random.seed(11)
+    expected = cleanfid_fid.kernel_distance(a, b, num_subsets=9, max_subset_size=subset)
+    assert kid_from_features(a, b, num_subsets=9, max_subset_size=subset, seed=11) == pytest.approx(expected, rel=1e-12)
 
 
 def test_inception_score_of_uniform_predictions_is_one():
