@@ -6,7 +6,8 @@
 Each configuration runs in fresh processes (torch.multiprocessing, one per rank, the environment
 torchrun would set) through the real trainer: ``Trainer.fit`` with an ``on_tick`` callback that
 stamps the end of every step. A step is ``train.d_steps`` D updates + one G/E update on the global
-batch; images/s counts every real image drawn (batch x (d_steps + 1)) per second of wall time.
+batch; images/s counts every real image drawn (batch x (d_steps + 1), or batch with simultaneous
+updates) per second of wall time.
 Reported: the median over ``--steps`` steps after ``--warmup`` steps (the last step, which writes a
 checkpoint and grids, is never timed). On a CPU the ranks share the machine's cores: 1 rank uses all
 of them as intra-op threads, each of 2 ranks half, so the comparison shows the cost of splitting the
@@ -93,7 +94,7 @@ def measure(world_size: int, precision: str, args: argparse.Namespace, cores: in
         "global_batch": train.batch_size,
         "step_seconds_median": step,
         "step_seconds_all": durations,
-        "images_per_s": train.batch_size * (train.d_steps + 1) / step,
+        "images_per_s": train.batch_size * train.batches_per_step / step,
         "load_average_before": load_before,  # other work on the machine skews the figures
     }
 

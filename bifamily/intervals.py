@@ -35,7 +35,7 @@ class IntervalWork:
         self.trainer = trainer
         self.recon_images = recon_images
         settings = trainer.settings
-        self.images_per_step = settings.train.batch_size * (settings.train.d_steps + 1)
+        self.images_per_step = settings.train.batch_size * settings.train.batches_per_step
         fixed = torch.Generator().manual_seed(settings.run.seed + 1)
         self.fixed_z = trainer.model.prior.sample(GRID_SIZE, generator=fixed).to(trainer.device)
         self.restart_rate()

@@ -31,6 +31,7 @@ from bifamily.distributed import Replicated, World
 from bifamily.ema import ema_decay
 from bifamily.errors import BifamilyError, DataError
 from bifamily.guard import NonFiniteWatch
+from bifamily.interfaces import Scores
 from bifamily.intervals import IntervalWork
 from bifamily.precision import Precision
 from bifamily.recovery import Recovery
@@ -113,8 +114,8 @@ class Trainer:
 
     def d_step(self) -> dict[str, torch.Tensor]:
         micro_steps = self._next_batch()
-        opt, scaler = self.state.opt_d, self.state.scaler_d
-        opt.zero_grad(set_to_none=True)
+        scaler = self.state.scaler_d
+        self.state.opt_d.zero_grad(set_to_none=True)
         stats = []
         step = self.state.step + 1
         for j, (x, x_e, z, noise) in enumerate(micro_steps):
@@ -127,16 +128,13 @@ class Trainer:
                 self.watch.record("discriminator loss", loss, step)
                 scaler.scale(loss / len(micro_steps)).backward()
             stats.append(micro_stats)
-        if not scaler.is_enabled():  # fp16 loss scaling skips updates with inf gradients by design
-            self.watch.record_gradients("discriminator gradients", self.model.discriminator.parameters(), step)
-        scaler.step(opt)
-        scaler.update()
+        self._step_discriminator(step)
         return _mean_stats(stats)
 
     def ge_step(self) -> dict[str, torch.Tensor]:
         micro_steps = self._next_batch()
-        opt, scaler = self.state.opt_ge, self.state.scaler_ge
-        opt.zero_grad(set_to_none=True)
+        scaler = self.state.scaler_ge
+        self.state.opt_ge.zero_grad(set_to_none=True)
         stats = []
         step = self.state.step + 1
         self.model.discriminator.requires_grad_(False)  # no D gradients are needed here
@@ -146,21 +144,68 @@ class Trainer:
                     with self.precision.autocast():
                         x_fake, z_hat, x_rec = self.ge(z, x_e, noise, self.model.loss.reconstructs)
                         real, fake = self.frozen_pairs(x, z_hat, x_fake, z)
-                        loss, micro_stats = self.model.loss.generator_encoder(real, fake)
-                        if x_rec is not None:
-                            cycle, cycle_stats = self.model.loss.reconstruction(x, x_rec)
-                            loss, micro_stats = loss + cycle, {**micro_stats, **cycle_stats}
+                        loss, micro_stats = self._generator_encoder_loss(x, x_rec, real, fake)
                     self.watch.record("generator+encoder loss", loss, step)
                     scaler.scale(loss / len(micro_steps)).backward()
                 stats.append(micro_stats)
-            if not scaler.is_enabled():
-                self.watch.record_gradients("generator gradients", self.model.generator.parameters(), step)
-                self.watch.record_gradients("encoder gradients", self.model.encoder.parameters(), step)
-            scaler.step(opt)
-            scaler.update()
+            self._step_generator_encoder(step)
         finally:
             self.model.discriminator.requires_grad_(True)
         return _mean_stats(stats)
+
+    def simultaneous_step(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """D and G+E updated together (``train.updates = "simultaneous"``): one batch and one forward pass
+        of G, E and D; D's loss is backpropagated into D's parameters only and G+E's loss into G's and
+        E's only, then both optimizers step. Returns the D and G+E statistics."""
+        micro_steps = self._next_batch()
+        state, loss_fn = self.state, self.model.loss
+        state.opt_d.zero_grad(set_to_none=True)
+        state.opt_ge.zero_grad(set_to_none=True)
+        d_params, ge_params = list(self.pairs.module.parameters()), list(self.ge.module.parameters())
+        d_stats, ge_stats = [], []
+        step = state.step + 1
+        for j, (x, x_e, z, noise) in enumerate(micro_steps):
+            last = j == len(micro_steps) - 1
+            with self.ge.syncing(last), self.pairs.syncing(last):
+                with self.precision.autocast():
+                    x_fake, z_hat, x_rec = self.ge(z, x_e, noise, loss_fn.reconstructs)
+                    real, fake = self.pairs(x, z_hat, x_fake, z)
+                    d_loss, d_micro = loss_fn.discriminator(real, fake)
+                    ge_loss, ge_micro = self._generator_encoder_loss(x, x_rec, real, fake)
+                self.watch.record("discriminator loss", d_loss, step)
+                self.watch.record("generator+encoder loss", ge_loss, step)
+                d_scaled = state.scaler_d.scale(d_loss / len(micro_steps))
+                torch.autograd.backward(d_scaled, inputs=d_params, retain_graph=True)
+                torch.autograd.backward(state.scaler_ge.scale(ge_loss / len(micro_steps)), inputs=ge_params)
+            d_stats.append(d_micro)
+            ge_stats.append(ge_micro)
+        self._step_discriminator(step)
+        self._step_generator_encoder(step)
+        return _mean_stats(d_stats), _mean_stats(ge_stats)
+
+    def _generator_encoder_loss(
+        self, x: torch.Tensor, x_rec: torch.Tensor | None, real: Scores, fake: Scores
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss, stats = self.model.loss.generator_encoder(real, fake)
+        if x_rec is None:
+            return loss, stats
+        cycle, cycle_stats = self.model.loss.reconstruction(x, x_rec)
+        return loss + cycle, {**stats, **cycle_stats}
+
+    def _step_discriminator(self, step: int) -> None:
+        scaler = self.state.scaler_d
+        if not scaler.is_enabled():  # fp16 loss scaling skips updates with inf gradients by design
+            self.watch.record_gradients("discriminator gradients", self.model.discriminator.parameters(), step)
+        scaler.step(self.state.opt_d)
+        scaler.update()
+
+    def _step_generator_encoder(self, step: int) -> None:
+        scaler = self.state.scaler_ge
+        if not scaler.is_enabled():
+            self.watch.record_gradients("generator gradients", self.model.generator.parameters(), step)
+            self.watch.record_gradients("encoder gradients", self.model.encoder.parameters(), step)
+        scaler.step(self.state.opt_ge)
+        scaler.update()
 
     def ema_step(self) -> None:
         e = self.settings.ema
@@ -169,12 +214,15 @@ class Trainer:
         self.state.ema_encoder.update(self.model.encoder, decay)
 
     def train_step(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """One iteration: this step's random streams, ``train.d_steps`` D updates, the joint G+E update
-        and EMA; returns the last D update's and the G+E update's statistics (device tensors)."""
+        """One iteration: this step's random streams, ``train.d_steps`` D updates and the joint G+E update
+        (or one simultaneous update of both), then EMA; returns the last D update's and the G+E update's statistics (device tensors)."""
         self.state.streams.start_step(self.state.step)
-        for _ in range(self.settings.train.d_steps):
-            d_stats = self.d_step()
-        ge_stats = self.ge_step()
+        if self.settings.train.updates == "simultaneous":
+            d_stats, ge_stats = self.simultaneous_step()
+        else:
+            for _ in range(self.settings.train.d_steps):
+                d_stats = self.d_step()
+            ge_stats = self.ge_step()
         self.ema_step()
         self.state.step += 1
         return d_stats, ge_stats

@@ -3,10 +3,13 @@ and :class:`TrainSettings`, the object the trainer takes (these sections without
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 from bifamily.config import (
     SAFE_NAME_RULE,
+    InvalidValue,
     check,
     device_name,
     in_range,
@@ -30,7 +33,7 @@ class RunConfig:
     seed: int = option(
         0, help="Seed for weights, data order, latents and noise (0 to 2**32 - 1).", validator=in_range(0, 2**32 - 1)
     )
-    steps: int = option(1000, help="Training iterations; one = `train.d_steps` D updates + 1 G/E update.", validator=positive)
+    steps: int = option(1000, help="Training iterations; one = `train.d_steps` D updates + 1 G/E update (or one simultaneous update of both).", validator=positive)
     device: str = option(
         "auto", help="'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'.", validator=device_name
     )
@@ -44,6 +47,13 @@ class RunConfig:
         help="Also write losses, metrics and sample grids as TensorBoard event files to RUN_DIR/tensorboard/ "
         "(needs the tensorboard package: pip install tensorboard).",
     )
+
+
+def _one_d_step_when_simultaneous(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    if value == "simultaneous" and instance.d_steps != 1:
+        raise InvalidValue(
+            attribute.name, f"'simultaneous' updates D once per step, from the G+E update's batch; set d_steps = 1 (got {instance.d_steps})"
+        )
 
 
 @attrs.frozen
@@ -64,6 +74,13 @@ class TrainConfig:
         validator=positive,
     )
     d_steps: int = option(2, help="Discriminator updates before each joint generator+encoder update.", validator=positive)
+    updates: str = option(
+        "alternating",
+        help="'alternating': each D update and the G+E update draw their own batch, and G+E is updated against "
+        "the D just updated. 'simultaneous': one batch and one forward pass of G, E and D give both D's and "
+        "G+E's gradients, and both step together (one pass of G, E and D fewer per step; needs d_steps = 1).",
+        validator=[one_of("alternating", "simultaneous"), _one_d_step_when_simultaneous],
+    )
     precision: str = option(
         "fp32",
         help="'fp32'; 'bf16' autocast (CPU and CUDA); 'fp16' autocast with dynamic loss scaling (CUDA only); or "
@@ -86,6 +103,11 @@ class TrainConfig:
         "covers rank 0 writing a checkpoint while the others wait.",
         validator=in_range(1, 10**8),
     )
+
+    @property
+    def batches_per_step(self) -> int:
+        """Global batches one step draws: one per D update and one for G+E, or one when simultaneous."""
+        return 1 if self.updates == "simultaneous" else self.d_steps + 1
 
 
 @attrs.frozen

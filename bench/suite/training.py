@@ -1,7 +1,7 @@
 """The training step as ``bifamily run`` executes it, timed and its FLOPs counted.
 
 A step is one call of :meth:`bifamily.train.Trainer.train_step`: ``train.d_steps`` D updates and one
-G+E update, each on a fresh batch from the recipe's data pipeline, then the EMA update -- everything
+G+E update (or one simultaneous update of both), each on a fresh batch from the recipe's data pipeline, then the EMA update -- everything
 ``fit`` does per step except the interval work (logging, grids, checkpoints).
 """
 
@@ -103,7 +103,7 @@ def measure_steps(recipe: Recipe, warmup: int, steps: int, backend: str, flops: 
             "step_seconds_min": min(walls),
             "step_cpu_seconds": statistics.median(cpus),
             # every update draws a fresh batch: what the data pipeline must deliver
-            "images_per_s": train.batch_size * (train.d_steps + 1) / step_seconds,
+            "images_per_s": train.batch_size * train.batches_per_step / step_seconds,
             # one batch per step, as the reference implementation counts its images/s
             "batch_images_per_s": train.batch_size / step_seconds,
             "parameters": trainer.model.parameter_counts(),

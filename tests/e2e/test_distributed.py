@@ -194,13 +194,19 @@ def test_world_size_problems_are_recipe_errors_before_any_launch(tmp_path):
 # -- whole runs: 2 ranks = 1 rank ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("accumulation", [2, pytest.param(1, marks=pytest.mark.slow)])
-def test_two_ranks_equal_one_rank_and_checkpoints_move_between_world_sizes(tmp_path, accumulation):
+@pytest.mark.parametrize(
+    "accumulation, updates",
+    [(2, "alternating"), (2, "simultaneous"), pytest.param(1, "alternating", marks=pytest.mark.slow)],
+)
+def test_two_ranks_equal_one_rank_and_checkpoints_move_between_world_sizes(tmp_path, accumulation, updates):
     """Steps 1-2 on 1 rank, 3-4 on 2 ranks (`bifamily run --nproc 2`), 5-6 on 1 rank again equal 6
     steps on 1 rank, all at global batch 8. With accumulation 2, batch norm normalises each
-    micro-step's 4 images (across the ranks on 2 ranks) and DDP all-reduces once per update. The loss
-    leaves D's image head without gradient, which DDP must be told."""
-    chain = ["--set", f"train.accumulation={accumulation}", "--set", "loss.x_unary=0.0"]
+    micro-step's 4 images (across the ranks on 2 ranks) and DDP all-reduces once per update (with
+    simultaneous updates: once per update of D and of G+E, from two backward passes of one forward).
+    The loss leaves D's image head without gradient, which DDP must be told."""
+    chain = ["--set", f"train.accumulation={accumulation}", "--set", "loss.x_unary=0.0", "--set", f'train.updates="{updates}"']
+    if updates == "simultaneous":
+        chain += ["--set", "train.d_steps=1"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     run_here(*chain, "--set", "run.steps=6", "--out", str(straight))
     run_here(*chain, "--set", "run.steps=2", "--out", str(split))

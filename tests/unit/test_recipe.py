@@ -158,3 +158,12 @@ def test_array_fields_name_the_bad_entry_or_the_missing_array(plugins):
     ]
     recipe = from_dict(_biggan_generator([4, 4, 2, 1]), plugins)
     assert recipe.components["generator"].multipliers == (4, 4, 2, 1)
+
+
+def test_simultaneous_updates_need_one_d_step(plugins):
+    data = apply_overrides(quickstart(), ['train.updates="simultaneous"', "train.d_steps=2"])
+    assert problems(data, plugins) == [
+        "$.train.updates: 'simultaneous' updates D once per step, from the G+E update's batch; set d_steps = 1 (got 2)"
+    ]
+    assert from_dict(apply_overrides(quickstart(), ['train.updates="simultaneous"', "train.d_steps=1"]), plugins).train.batches_per_step == 1
+    assert from_dict(apply_overrides(quickstart(), ["train.d_steps=2"]), plugins).train.batches_per_step == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -11,6 +12,7 @@ from bifamily.ema import EMA
 from bifamily.plugins import load_plugins
 from bifamily.recipe import load
 from bifamily.session import make_trainer, prepare
+from bifamily.step_modules import GeneratorEncoder, ScorePairs
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.toml"
 TINY = [
@@ -30,6 +32,41 @@ def test_a_step_is_d_steps_discriminator_updates_then_one_generator_encoder_upda
     assert {float(s["step"]) for s in state.opt_ge.state.values()} == {1.0}
     assert all(torch.isfinite(v).all() for v in [*d_stats.values(), *ge_stats.values()])
     assert not any(tmp_path.iterdir())  # a step writes nothing: logging and checkpoints are the tick's
+
+
+def test_a_simultaneous_step_takes_each_gradient_from_one_forward_pass_of_the_same_batch(tmp_path):
+    """D's gradient is that of D's loss alone, G and E's that of their loss alone, both at the weights
+    before the step (D not yet updated), from one batch; each optimizer steps once."""
+    recipe = load(QUICKSTART, load_plugins(), [*TINY, "train.d_steps=1", 'train.updates="simultaneous"'])
+    prepared = prepare(recipe)
+    trainer = make_trainer(prepared, tmp_path, progress=False)
+    model = prepared.model
+    batches = []
+    next_batch = trainer._next_batch
+    trainer._next_batch = lambda: batches.append(next_batch()) or batches[-1]
+    before = copy.deepcopy(model)
+    generator_calls = []
+    model.generator.register_forward_hook(lambda *_: generator_calls.append(1))
+
+    trainer.train_step()
+
+    assert len(batches) == 1 and len(generator_calls) == 2  # G(z) and G(E(x)) for the cycle term, once each
+    assert {float(s["step"]) for s in trainer.state.opt_d.state.values()} == {1.0}
+    assert {float(s["step"]) for s in trainer.state.opt_ge.state.values()} == {1.0}
+    ((x, x_e, z, noise),) = batches[0]
+    x_fake, z_hat, x_rec = GeneratorEncoder(before.generator, before.encoder)(z, x_e, noise, True)
+    real, fake = ScorePairs(before.discriminator)(x, z_hat, x_fake, z)
+    d_loss, _ = before.loss.discriminator(real, fake)
+    ge_loss = before.loss.generator_encoder(real, fake)[0] + before.loss.reconstruction(x, x_rec)[0]
+    d_params = list(before.discriminator.parameters())
+    ge_params = [*before.generator.parameters(), *before.encoder.parameters()]
+    expected = [
+        *torch.autograd.grad(d_loss, d_params, retain_graph=True),
+        *torch.autograd.grad(ge_loss, ge_params),
+    ]
+    got = [p.grad for p in [*model.discriminator.parameters(), *model.generator.parameters(), *model.encoder.parameters()]]
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e)
 
 
 def test_ema_update_averages_weights_and_copies_buffers():
