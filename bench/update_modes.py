@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="A recipe override (repeatable).")
     parser.add_argument("--threads", type=int, default=2, help="Torch threads (default 2).")
     parser.add_argument("--warmup", type=int, default=3, help="Untimed steps per mode first (default 3).")
-    parser.add_argument("--steps", type=int, default=30, help="Timed steps per mode (default 30).")
+    parser.add_argument("--steps", type=int, default=40, help="Timed steps per mode (default 40).")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

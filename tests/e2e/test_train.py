@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = str(REPO / "recipes" / "quickstart.toml")
 TINY = [
     "--set", "train.batch_size=8", "--set", "generator.ch=8", "--set", "encoder.ch=8",
-    "--set", "prior.dim=16", "--set", "train.d_steps=2", "--set", "run.log_every=2",
+    "--set", "prior.dim=16", "--set", "train.d_steps=2", "--set", 'train.updates="alternating"', "--set", "run.log_every=2",
     "--set", "run.sample_every=4", "--set", "run.checkpoint_every=4",
     "--set", "discriminator.dropout=0.2",  # D noise must be restored too
 ]

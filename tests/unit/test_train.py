@@ -16,7 +16,7 @@ from bifamily.step_modules import GeneratorEncoder, ScorePairs
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.toml"
 TINY = [
-    "train.batch_size=4", "train.d_steps=2", "prior.dim=16", "generator.ch=4", "encoder.ch=4",
+    "train.batch_size=4", "train.d_steps=2", 'train.updates="alternating"', "prior.dim=16", "generator.ch=4", "encoder.ch=4",
     "discriminator.ch=4", "discriminator.z_width=16", "discriminator.joint_width=16",
 ]
 
