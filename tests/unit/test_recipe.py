@@ -166,4 +166,4 @@ def test_simultaneous_updates_need_one_d_step(plugins):
         "$.train.updates: 'simultaneous' updates D once per step, from the G+E update's batch; set d_steps = 1 (got 2)"
     ]
     assert from_dict(apply_overrides(quickstart(), ['train.updates="simultaneous"', "train.d_steps=1"]), plugins).train.batches_per_step == 1
-    assert from_dict(apply_overrides(quickstart(), ["train.d_steps=2"]), plugins).train.batches_per_step == 3
+    assert from_dict(apply_overrides(quickstart(), ["train.d_steps=2", 'train.updates="alternating"']), plugins).train.batches_per_step == 3
