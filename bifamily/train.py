@@ -215,7 +215,8 @@ class Trainer:
 
     def train_step(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """One iteration: this step's random streams, ``train.d_steps`` D updates and the joint G+E update
-        (or one simultaneous update of both), then EMA; returns the last D update's and the G+E update's statistics (device tensors)."""
+        (or one simultaneous update of both), then EMA; returns the last D update's and the G+E update's
+        statistics (device tensors)."""
         self.state.streams.start_step(self.state.step)
         if self.settings.train.updates == "simultaneous":
             d_stats, ge_stats = self.simultaneous_step()

