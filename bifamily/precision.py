@@ -1,4 +1,4 @@
-"""Mixed precision: autocast for the forward passes, loss scaling for fp16, spectral norm kept in fp32.
+"""Mixed precision: autocast for the forward passes, loss scaling for fp16.
 
 ``train.precision``:
 - ``auto``: ``bf16`` where the device computes in bfloat16 natively (CUDA with bf16 support; a CPU with
@@ -9,11 +9,7 @@
 - ``fp16``: autocast to float16 plus dynamic loss scaling with ``torch.amp.GradScaler``, one scaler per
   optimizer (D and G+E see gradients of very different sizes). CUDA only.
 
-Spectral norm under autocast: torch's parametrization estimates sigma with ``torch.mv``, which CUDA
-autocast runs in the low-precision dtype (CPU autocast leaves ``mv`` alone). A power iteration in
-fp16/bf16 drifts and the normalised weight inherits the error, so :func:`spectral_norm_in_fp32`
-turns autocast off inside every spectral-norm parametrization: u, v and sigma are computed in fp32 from
-the fp32 weight, and only the layer's own conv/linear runs in the low-precision dtype.
+Spectral norm's power iteration stays in fp32 under autocast (:mod:`bifamily.spectral_norm`).
 """
 
 from __future__ import annotations
@@ -21,8 +17,6 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from torch import nn
-from torch.nn.utils import parametrizations
 
 DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -68,25 +62,3 @@ def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
     if device_type == "meta":
         return contextlib.nullcontext()
     return torch.autocast(device_type, enabled=False)
-
-
-_SpectralNorm = parametrizations._SpectralNorm
-
-
-class _SpectralNormFP32(_SpectralNorm):
-    """torch's spectral-norm parametrization with autocast switched off inside (same buffers/keys)."""
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        with autocast_off(weight.device.type):
-            return super().forward(weight)
-
-
-def spectral_norm_in_fp32(module: nn.Module) -> int:
-    """Make every ``torch.nn.utils.parametrizations.spectral_norm`` in ``module`` run in fp32 under
-    autocast. The state dict is unchanged. Returns how many parametrizations were converted."""
-    converted = 0
-    for child in module.modules():
-        if type(child) is _SpectralNorm:
-            child.__class__ = _SpectralNormFP32
-            converted += 1
-    return converted

@@ -32,7 +32,7 @@ from bifamily.evaluation.runner import EvaluationSchedule, Evaluator, write_repo
 from bifamily.intervals import RECON_SIZE
 from bifamily.plugins import PluginSet
 from bifamily.preflight import Checked, EvaluationMetrics, preflight
-from bifamily.precision import spectral_norm_in_fp32
+from bifamily.spectral_norm import spectral_norm_in_fp32
 from bifamily.randomness import derive_seed
 from bifamily.recipe import Recipe
 from bifamily.rundir import RunDir, RunWriter, latest_run_dir, new_run_dir

@@ -30,7 +30,7 @@ from bifamily.build import make_context
 from bifamily.cli import main
 from bifamily.data import BatchLayout
 from bifamily.interfaces import Posterior
-from bifamily.precision import spectral_norm_in_fp32
+from bifamily.spectral_norm import spectral_norm_in_fp32
 from bifamily.step_modules import reparameterised
 
 from tests.helpers.distributed_ranks import BN_BIAS, BN_WEIGHT, run_rank
