@@ -46,6 +46,8 @@ TINY = [
     "--set", "run.sample_every=100", "--set", "optim.eps=1e-6",
     # Equivalence is exact only in fp32 and one memory layout; the quickstart picks bf16 where it can.
     "--set", 'train.precision="fp32"', "--set", "train.channels_last=false",
+    # A sampled posterior, so the posterior-noise streams are part of what must match.
+    "--set", 'posterior.kind="gaussian"',
 ]
 ENV = {**os.environ, "BIFAMILY_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1"}
 

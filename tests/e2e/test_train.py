@@ -18,6 +18,7 @@ TINY = [
     "--set", "prior.dim=16", "--set", "train.d_steps=2", "--set", 'train.updates="alternating"', "--set", "run.log_every=2",
     "--set", "run.sample_every=4", "--set", "run.checkpoint_every=4",
     "--set", "discriminator.dropout=0.2",  # D noise must be restored too
+    "--set", 'posterior.kind="gaussian"',  # and the posterior noise
 ]
 
 

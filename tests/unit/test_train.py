@@ -18,6 +18,7 @@ QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.toml"
 TINY = [
     "train.batch_size=4", "train.d_steps=2", 'train.updates="alternating"', "prior.dim=16", "generator.ch=4", "encoder.ch=4",
     "discriminator.ch=4", "discriminator.z_width=16", "discriminator.joint_width=16",
+    'posterior.kind="gaussian"',  # a sampled posterior: the steps' posterior noise is covered too
 ]
 
 
