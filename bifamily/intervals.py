@@ -1,6 +1,7 @@
 """The work a run does between steps, at its intervals: a stats.jsonl line every ``run.log_every`` steps,
 sample and reconstruction grids every ``run.sample_every``, a checkpoint every ``run.checkpoint_every``
-(each also at the last step; a checkpoint also when the run is stopping).
+(each also at the last step, or where ``eval.stop_when`` ends the run; a checkpoint also when the run is
+stopping on a signal).
 
 This is the only place the host waits for the device: the finiteness record of the steps since the
 last tick is read first, and if the run diverged nothing is written (the trainer's recovery decides
@@ -9,7 +10,9 @@ what happens next).
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -60,19 +63,35 @@ class IntervalWork:
         failure = trainer.watch.first_failure(trainer.world)
         if failure is not None:
             return failure
-        try:
+        with self._disk_errors_named():
             if log:
                 self._log({**d_stats, **ge_stats})
-            if trainer.world.is_main:
-                if grids:
-                    self.write_grids()
-                if save:
-                    save_state(trainer.state, trainer.checkpoints, settings.snapshot_metadata)
-        except OSError as error:  # a full or failing disk: say where, keep the traceback for bugs only
-            raise BifamilyError(
-                f"{error.filename or trainer.writer.path}: cannot write: {error.strerror or error}"
-            ) from error
+            self._write(grids=grids, save=save)
         return None
+
+    def finish_early(self) -> None:
+        """A run that ends before ``run.steps`` (its ``eval.stop_when`` reached): this step's grids and
+        checkpoint, as at the last step, where its intervals did not write them already."""
+        run, step = self.trainer.settings.run, self.trainer.state.step
+        with self._disk_errors_named():
+            self._write(grids=step % run.sample_every != 0, save=step % run.checkpoint_every != 0)
+
+    def _write(self, *, grids: bool, save: bool) -> None:
+        trainer = self.trainer
+        if trainer.world.is_main:
+            if grids:
+                self.write_grids()
+            if save:
+                save_state(trainer.state, trainer.checkpoints, trainer.settings.snapshot_metadata)
+
+    @contextlib.contextmanager
+    def _disk_errors_named(self) -> Iterator[None]:
+        """A full or failing disk: say where, keep the traceback for bugs only."""
+        try:
+            yield
+        except OSError as error:
+            path = error.filename or self.trainer.writer.path
+            raise BifamilyError(f"{path}: cannot write: {error.strerror or error}") from error
 
     def _log(self, stats: dict[str, torch.Tensor]) -> None:
         trainer = self.trainer

@@ -8,7 +8,8 @@ the others refuse too. The checks go cheapest first, and every problem found is 
    ``train.accumulation`` micro-steps on every rank, fp16 runs on CUDA only; the tensorboard
    package when the run writes events;
 3. the data: both splits open (paths, files), the training split holds a batch;
-4. the evaluation: ``eval.best`` names a value of the scheduled metrics, the metrics build, the data
+4. the evaluation: ``eval.best`` and ``eval.stop_when`` name values of the scheduled metrics (the
+   latter each compared the way it improves), the metrics build, the data
    has labels where a metric needs them;
 5. the model, built on the meta device (shapes and parameter counts, no memory, no initial values):
    each component's own checks of the sizes its config decides, what each declares against the
@@ -32,6 +33,7 @@ from bifamily.context import BuildContext
 from bifamily.distributed import World, config_problems, resolve_device
 from bifamily.errors import BifamilyError, DataError, RecipeError
 from bifamily.evaluation.metrics import best_direction, build_metrics, check_labels
+from bifamily.evaluation.stop_when import target_problems
 from bifamily.metric_interfaces import Direction, Metric
 from bifamily.plugins import PluginSet, default_plugins
 from bifamily.recipe import Recipe
@@ -155,6 +157,8 @@ def _metrics(recipe: Recipe, plugins: PluginSet, ctx: BuildContext, data: tuple[
     best = None
     if ev.best and not ev.every:
         raise RecipeError([f"$.eval.best: {ev.best!r} needs scheduled metrics: set $.eval.every > 0"])
+    if ev.stop_when and not ev.every:
+        raise RecipeError([f"$.eval.stop_when: {ev.stop_when!r} needs scheduled metrics: set $.eval.every > 0"])
     if ev.every:
         if not ev.metric_names:
             raise RecipeError(["$.eval.metrics: $.eval.every is set but no metric is named"])
@@ -163,6 +167,9 @@ def _metrics(recipe: Recipe, plugins: PluginSet, ctx: BuildContext, data: tuple[
             check_labels(scheduled, *data)
         if ev.best:
             best = best_direction(ev.best, scheduled)
+        problems = target_problems(ev.stop_targets, scheduled)
+        if problems:
+            raise RecipeError(problems)
     if not ev.report_names or data is None or getattr(data[1], "num_classes", 0) == 0:  # off, or no labels
         return EvaluationMetrics(scheduled, best=best)
     report = build_metrics(recipe, plugins, ev.report_names, ctx, key="$.eval.report")

@@ -1,5 +1,5 @@
 """What a run does when it must stop or go back (docs/reliability.md): the ranks agree on a stop signal
-after every step; after SIGTERM or SIGINT the step's checkpoint is written and the run stops; a
+after every step, and on rank 0's answer where ``eval.stop_when`` may end the run; after SIGTERM or SIGINT the step's checkpoint is written and the run stops; a
 diverged step stops the run (exit code 3) or, with ``guard.on_nonfinite = "rollback"``, reloads the
 latest checkpoint and goes on with a fresh data order.
 """
@@ -49,6 +49,15 @@ class Recovery:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._control)
             signum = int(flag.item())
         return signum
+
+    def agreed_finish(self, finish: bool) -> bool:
+        """Rank 0's answer to whether the run ends after this step, on every rank (one broadcast of one
+        integer in host memory): only rank 0 evaluates the metrics that decide it."""
+        if self.trainer.world.size == 1:
+            return finish
+        flag = torch.tensor([int(finish)], dtype=torch.int32)
+        dist.broadcast(flag, src=0, group=self._control)
+        return bool(flag.item())
 
     def _continue_hint(self) -> str:
         return f"continue with: bifamily run RECIPE --out {self.trainer.writer.path} --resume"

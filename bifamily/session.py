@@ -146,7 +146,7 @@ def run_training(
         schedule = None
         if metrics.scheduled and world.is_main:
             schedule = EvaluationSchedule(evaluator, metrics.scheduled, run_dir, metrics.best, resumed_step)
-        trainer.fit(recon, schedule)
+        trainer.fit(recon, schedule, finish_checks_every=recipe.eval.every if recipe.eval.stop_targets else 0)
         report: dict[str, Any] = {"run_dir": str(run_dir), "step": state.step}
         if not world.is_main:
             return report

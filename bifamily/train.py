@@ -230,9 +230,17 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------
 
-    def fit(self, recon_images: torch.Tensor, on_tick: Callable[[Trainer], None] | None = None) -> None:
+    def fit(
+        self,
+        recon_images: torch.Tensor,
+        on_tick: Callable[[Trainer], bool] | None = None,
+        *,
+        finish_checks_every: int = 0,
+    ) -> None:
         """Train up to ``run.steps``: each step, then the agreed stop signal, then the interval work (or the
-        recovery from a diverged step), then ``on_tick``.
+        recovery from a diverged step), then ``on_tick``. At multiples of ``finish_checks_every`` every
+        rank takes rank 0's ``on_tick`` answer, and True ends the run there, its grids and checkpoint
+        written as at the last step.
 
         Raises :class:`~bifamily.stopping.Interrupted` after SIGTERM or SIGINT (once the step is done
         and checkpointed) and :class:`~bifamily.stopping.Diverged` when a step was not finite and the
@@ -261,11 +269,15 @@ class Trainer:
                         self.bar.refresh()
                         intervals.restart_rate()
                         continue
-                    if on_tick is not None:
-                        on_tick(self)
+                    answer = bool(on_tick(self)) if on_tick is not None else False
+                    checked = finish_checks_every > 0 and state.step % finish_checks_every == 0 and state.step < run.steps
+                    finish = checked and self.recovery.agreed_finish(answer)
                     self.bar.update(1)
                     if signum:
                         raise self.recovery.interrupted(signum)
+                    if finish:
+                        intervals.finish_early()
+                        break
         finally:
             self.bar.close()
         self.world.barrier()  # rank 0's last checkpoint is on disk before any rank moves on

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import attrs
 
-from bifamily.config import non_negative, option, positive
+from bifamily.config import InvalidValue, non_negative, option, positive
+from bifamily.evaluation.stop_when import Target, parse_targets
+
+
+def _readable_targets(_instance: object, attribute: attrs.Attribute, value: str) -> None:
+    try:
+        parse_targets(value)
+    except ValueError as exc:
+        raise InvalidValue(attribute.name, str(exc)) from None
 
 
 @attrs.frozen
@@ -36,6 +44,13 @@ class EvalConfig:
         help="A value of the scheduled metrics (e.g. 'probe_top1', 'fid') by which RUN_DIR/best/snapshot.safetensors "
         "keeps the best snapshot; empty: none.",
     )
+    stop_when: str = option(
+        "",
+        help="End the run at the first scheduled evaluation where every comparison holds, e.g. "
+        "'judge_recognisable_ratio >= 0.8, judge_coverage >= 0.9' (values of `metrics`; '>=' for a value better "
+        "higher, '<=' for one better lower); `run.steps` stays the cap. Empty: run all the steps.",
+        validator=_readable_targets,
+    )
     batch_size: int = option(256, help="Images per forward pass when metrics extract features or generate samples.", validator=positive)
     report_extra: str = option(
         "",
@@ -47,6 +62,11 @@ class EvalConfig:
     def metric_names(self) -> list[str]:
         """The names in ``metrics``, in order, without blanks or repeats."""
         return _names(self.metrics)
+
+    @property
+    def stop_targets(self) -> tuple[Target, ...]:
+        """The comparisons in ``stop_when`` (none when it is empty)."""
+        return parse_targets(self.stop_when)
 
     @property
     def report_names(self) -> list[str]:

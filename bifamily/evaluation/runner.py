@@ -23,6 +23,7 @@ from bifamily.checkpoint.manager import CheckpointManager
 from bifamily.context import BuildContext
 from bifamily.evaluation.best import BestSnapshot
 from bifamily.evaluation.metrics import Record, evaluate, format_table, make_subject, write_records
+from bifamily.evaluation.stop_when import all_met
 from bifamily.interfaces import Encoder, LatentPrior
 from bifamily.metric_interfaces import Direction, Metric, Subject
 from bifamily.recipe import Recipe
@@ -113,7 +114,8 @@ class Report:
 class EvaluationSchedule:
     """The ``on_tick`` of a run with ``[eval] every``: the scheduled metrics on the EMA weights at every
     multiple of ``every`` and at the last step, recorded in metrics.jsonl, shown as a table, and the best
-    snapshot kept by ``eval.best``. Installed on rank 0 only.
+    snapshot kept by ``eval.best``. Installed on rank 0 only. Returns True when the values just computed
+    reach every target of ``eval.stop_when`` (the run ends there).
 
     It reads the trainer's state, writer, checkpoints and rollback count, and writes nothing into them.
     """
@@ -131,6 +133,7 @@ class EvaluationSchedule:
         self.metrics = metrics
         self.every, self.last = recipe.eval.every, recipe.run.steps
         self.best = BestSnapshot(run_dir, recipe.eval.best, best, resumed_step) if best is not None else None
+        self.targets = recipe.eval.stop_targets
         self.step: int | None = None
         self.records: list[Record] = []
         self.rollbacks_seen: int | None = None  # the trainer's count at the first tick (resumed runs carry one)
@@ -142,11 +145,11 @@ class EvaluationSchedule:
         """What the schedule computed at ``step`` (nothing if it did not run there)."""
         return self.records if self.step == step else []
 
-    def __call__(self, trainer: Any) -> None:
+    def __call__(self, trainer: Any) -> bool:
         self._follow_rollbacks(trainer.state.rollbacks, trainer.checkpoints)
         step = trainer.state.step
         if not self.due(step):
-            return
+            return False
         state = trainer.state
         self.step = step
         self.records = self.evaluator.compute(self.metrics, state.ema_generator.module, state.ema_encoder.module, step)
@@ -154,6 +157,15 @@ class EvaluationSchedule:
         _results.info(format_table(self.records))
         if self.best is not None:
             self._keep_best(step, state.snapshot_modules(), trainer.settings.snapshot_metadata, trainer.checkpoints)
+        return self._targets_reached(step)
+
+    def _targets_reached(self, step: int) -> bool:
+        values = {name: value for record in self.records for name, value in record.result.values.items()}
+        if not self.targets or not all_met(self.targets, values):
+            return False
+        reached = ", ".join(f"{target.name} {values[target.name]:.4g} {target.operator} {target.value:g}" for target in self.targets)
+        _results.info(f"stop_when reached at step {step} ({reached}): the run ends here")
+        return True
 
     def _follow_rollbacks(self, rollbacks: int, checkpoints: CheckpointManager) -> None:
         """After a guard rollback to the latest checkpoint, drop the bests of the abandoned steps."""

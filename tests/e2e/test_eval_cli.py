@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from bifamily.checkpoint import read_snapshot
+from bifamily.checkpoint.manager import CheckpointManager
 from bifamily.cli import main
 from bifamily.evaluation.feature_networks import INCEPTION_ENV, INCEPTION_FILE
 
@@ -161,15 +162,28 @@ def test_probe_and_knn_refuse_an_unlabelled_data_set_before_training(tmp_path):
     assert not out.exists()
 
 
-def test_a_distributed_run_evaluates_on_rank_0_alone_without_hanging(tmp_path):
+def test_stop_when_ends_the_run_at_the_first_evaluation_that_reaches_its_targets(tmp_path):
+    out = tmp_path / "run"
+    result = invoke("run", QUICKSTART, *TINY, "--set", "run.steps=9", "--set", "eval.every=2", "--set", "eval.metrics=knn",
+                    "--set", 'eval.stop_when="knn_top1 >= 0"', "--no-progress", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "stop_when reached at step 2 (knn_top1" in result.output
+    assert [(r["step"], r["metric"]) for r in records(out)] == [(2, "knn"), (2, "report")]
+    assert CheckpointManager(out / "checkpoints").latest_step() == 2  # written although checkpoint_every is 3
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step-00000002.png"]
+
+
+def test_a_distributed_run_evaluates_on_rank_0_alone_and_stops_with_it_without_hanging(tmp_path):
     out = tmp_path / "run"
     command = [
-        sys.executable, "-m", "bifamily", "run", QUICKSTART, *TINY, "--set", "run.steps=2", "--set", "eval.every=1",
+        sys.executable, "-m", "bifamily", "run", QUICKSTART, *TINY, "--set", "run.steps=6", "--set", "eval.every=2",
         "--set", "eval.metrics=knn,recon", "--set", "eval.best=knn_top1", "--set", 'eval.report=""',
+        "--set", 'eval.stop_when="knn_top1 >= 0"',
         "--set", "train.collective_timeout_s=120", "--nproc", "2", "--no-progress", "--out", str(out),
     ]
     env = {**os.environ, "BIFAMILY_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert [(r["step"], r["metric"]) for r in records(out)] == [(1, "knn"), (1, "recon"), (2, "knn"), (2, "recon")]
+    assert [(r["step"], r["metric"]) for r in records(out)] == [(2, "knn"), (2, "recon")]
+    assert CheckpointManager(out / "checkpoints").latest_step() == 2
     assert (out / "best" / "snapshot.safetensors").is_file()

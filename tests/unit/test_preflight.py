@@ -29,6 +29,11 @@ REFUSED = [
     pytest.param(QUICKSTART, ['run.device="cpu"', 'train.precision="fp16"'], ["$.train.precision"], id="fp16 on CPU"),
     pytest.param(QUICKSTART, ["train.batch_size=10", "train.accumulation=4"], ["$.train.batch_size"], id="batch split"),
     pytest.param(QUICKSTART, ["eval.every=100", 'eval.best="nope"'], ["$.eval.best"], id="unknown best value"),
+    pytest.param(QUICKSTART, ['eval.stop_when="probe_top1 >= 0.5"'], ["$.eval.stop_when"], id="stop_when unscheduled"),
+    pytest.param(
+        QUICKSTART, ["eval.every=100", 'eval.stop_when="probe_top1 <= 0.5, nope >= 1"'],
+        ["$.eval.stop_when", "$.eval.stop_when"], id="stop_when values",
+    ),
     pytest.param(BIGBIGAN_SMALL, ["prior.dim=63"], ["$.prior.dim"], id="latent chunks"),
     pytest.param(
         BIGBIGAN_SMALL, ["data.resolution=48"], ["$.data.resolution", "$.data.resolution"], id="resolution layout"
