@@ -149,7 +149,7 @@ def main() -> None:
     for seed in args.seeds:
         seconds = train(args, seed)
         report = final_values(args.runs / f"seed{seed}")
-        rows.append({"seed": seed, **row_of(report, seconds)})
+        rows.append({"seed": seed, "steps": report["step"], **row_of(report, seconds)})
     stats = summary(rows)
     real = real_row(final_values(args.runs / f"seed{args.seeds[0]}"))
     print(format_table(rows, stats, real))

@@ -67,7 +67,7 @@ def test_two_seeds_end_to_end_in_fp32_and_finished_runs_are_reused(tmp_path):
     first = bench(tmp_path)
     assert first.returncode == 0, first.stderr
     result = json.loads((tmp_path / "out.json").read_text())
-    assert [row["seed"] for row in result["runs"]] == [0, 1]
+    assert [(row["seed"], row["steps"]) for row in result["runs"]] == [(0, 4), (1, 4)]
     assert all(row["wall_seconds"] > 0 and 0 <= row["probe"] <= 100 for row in result["runs"])
     assert result["machine"]["cpu_capability"] and "cpu" in result["machine"]
     resolved = (tmp_path / "runs" / "seed1" / "recipe.toml").read_text()
