@@ -32,8 +32,7 @@ from bifamily.build import Model, build_on_meta, make_context
 from bifamily.context import BuildContext
 from bifamily.distributed import World, config_problems, resolve_device
 from bifamily.errors import BifamilyError, DataError, RecipeError
-from bifamily.evaluation.metrics import best_direction, build_metrics, check_labels
-from bifamily.evaluation.stop_when import target_problems
+from bifamily.evaluation.metrics import best_direction, build_metrics, check_labels, target_problems
 from bifamily.metric_interfaces import Direction, Metric
 from bifamily.plugins import PluginSet, default_plugins
 from bifamily.recipe import Recipe

@@ -1,7 +1,8 @@
 """What a run does when it must stop or go back (docs/reliability.md): the ranks agree on a stop signal
-after every step, and on rank 0's answer where ``eval.stop_when`` may end the run; after SIGTERM or SIGINT the step's checkpoint is written and the run stops; a
-diverged step stops the run (exit code 3) or, with ``guard.on_nonfinite = "rollback"``, reloads the
-latest checkpoint and goes on with a fresh data order.
+after every step, and on rank 0's answer where ``eval.stop_when`` may end the run; after SIGTERM or
+SIGINT the step's checkpoint is written and the run stops; a diverged step stops the run (exit code 3)
+or, with ``guard.on_nonfinite = "rollback"``, reloads the latest checkpoint and goes on with a fresh
+data order.
 """
 
 from __future__ import annotations

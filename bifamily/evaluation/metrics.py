@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import attrs
 from torch import nn
@@ -20,6 +20,7 @@ from bifamily.config import SAFE_NAME_RULE, is_safe_name
 from bifamily.context import BuildContext
 from bifamily.errors import BifamilyError, PluginError, RecipeError
 from bifamily.evaluation.features import require_labels
+from bifamily.evaluation.stop_when import IMPROVES, Target
 from bifamily.interfaces import Encoder, LatentPrior
 from bifamily.metric_interfaces import Direction, Metric, MetricContext, MetricResult, Subject
 from bifamily.plugins import PluginSet
@@ -100,11 +101,36 @@ def _built(key: str, build: Callable[[], Any]) -> Any:
 
 def best_direction(best: str, metrics: Mapping[str, Metric]) -> Direction:
     """The direction of value ``best`` among the metrics' values; a RecipeError if none reports it."""
-    for metric in metrics.values():
-        if best in metric.directions:
-            return metric.directions[best]
-    offered = ", ".join(sorted(value for metric in metrics.values() for value in metric.directions)) or "none"
-    raise RecipeError([f"$.eval.best: {best!r} is not a value of the metrics in $.eval.metrics (they report: {offered})"])
+    directions = _value_directions(metrics)
+    if best not in directions:
+        raise RecipeError([_not_reported("$.eval.best", best, directions)])
+    return directions[best]
+
+
+def target_problems(targets: Iterable[Target], metrics: Mapping[str, Metric]) -> list[str]:
+    """What is wrong with ``eval.stop_when``'s targets for these scheduled metrics: values none of them
+    reports, comparisons that point away from the way a value improves."""
+    directions = _value_directions(metrics)
+    problems = []
+    for target in targets:
+        way = directions.get(target.name)
+        if way is None:
+            problems.append(_not_reported("$.eval.stop_when", target.name, directions))
+        elif IMPROVES[target.operator] != way:
+            better, right = ("higher", ">=") if way == "max" else ("lower", "<=")
+            problems.append(
+                f"$.eval.stop_when: {target.name} is better {better}: write '{target.name} {right} {target.value:g}'"
+            )
+    return problems
+
+
+def _value_directions(metrics: Mapping[str, Metric]) -> dict[str, Direction]:
+    return {name: way for metric in metrics.values() for name, way in metric.directions.items()}
+
+
+def _not_reported(key: str, name: str, directions: Mapping[str, Direction]) -> str:
+    offered = ", ".join(sorted(directions)) or "none"
+    return f"{key}: {name!r} is not a value of the metrics in $.eval.metrics (they report: {offered})"
 
 
 def data_key(recipe: Recipe) -> dict[str, Any]:

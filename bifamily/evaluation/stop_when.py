@@ -14,15 +14,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
 
 import attrs
 
-if TYPE_CHECKING:
-    from bifamily.metric_interfaces import Metric
-
 _TARGET = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=)\s*(\S+)\s*$")
-_IMPROVES = {">=": "max", "<=": "min"}
+IMPROVES = {">=": "max", "<=": "min"}  # the direction a comparison expects of its value
 
 
 @attrs.frozen
@@ -36,9 +32,6 @@ class Target:
     def met(self, values: Mapping[str, float]) -> bool:
         reached = values[self.name]
         return reached >= self.value if self.operator == ">=" else reached <= self.value
-
-    def __str__(self) -> str:
-        return f"{self.name} {self.operator} {self.value:g}"
 
 
 def parse_targets(text: str) -> tuple[Target, ...]:
@@ -65,27 +58,6 @@ def _number(text: str) -> float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) else None
-
-
-def target_problems(targets: Iterable[Target], metrics: Mapping[str, Metric]) -> list[str]:
-    """What is wrong with ``targets`` for these scheduled metrics: unknown values, wrong directions."""
-    directions = {name: way for metric in metrics.values() for name, way in metric.directions.items()}
-    problems = []
-    for target in targets:
-        way = directions.get(target.name)
-        if way is None:
-            offered = ", ".join(sorted(directions)) or "none"
-            problems.append(
-                f"$.eval.stop_when: {target.name!r} is not a value of the metrics in $.eval.metrics "
-                f"(they report: {offered})"
-            )
-        elif _IMPROVES[target.operator] != way:
-            better = "higher" if way == "max" else "lower"
-            right = ">=" if way == "max" else "<="
-            problems.append(
-                f"$.eval.stop_when: {target.name} is better {better}: write '{target.name} {right} {target.value:g}'"
-            )
-    return problems
 
 
 def all_met(targets: Iterable[Target], values: Mapping[str, float]) -> bool:

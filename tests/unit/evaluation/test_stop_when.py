@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from bifamily.config import InvalidValue
 from bifamily.evaluation.config import EvalConfig
-from bifamily.evaluation.stop_when import Target, all_met, parse_targets, target_problems
+from bifamily.evaluation.metrics import target_problems
+from bifamily.evaluation.stop_when import Target, all_met, parse_targets
 
 
 class Judge:
