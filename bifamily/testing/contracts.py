@@ -324,8 +324,10 @@ def check_discriminator(
     """``config.build(ctx)`` is a :class:`JointDiscriminator` declaring ``ctx``'s latent dim, resolution
     and channels whose ``forward(x, z)`` returns :class:`Scores` with at least one score (exactly
     ``scores`` when given), each finite of shape (N,). Gradients of s_xz reach x and z, of s_x only x,
-    of s_z only z. ``has_batch_statistics = False`` requires that no batch norm layer mixes samples;
-    in evaluation mode every score of a pair is independent of the rest of its batch."""
+    of s_z only z. ``has_batch_statistics = False`` requires that no batch norm layer mixes samples
+    and that, in evaluation mode, every score of a pair is independent of the rest of its batch (a
+    discriminator that declares batch statistics, e.g. a minibatch standard deviation, may mix
+    samples in either mode: the trainer scores real and fake pairs in separate calls)."""
     discriminator = build(config, ctx)
     subject = f"discriminator {type(discriminator).__name__}"
     _require_instance(subject, discriminator, JointDiscriminator, config)
@@ -366,7 +368,7 @@ def check_discriminator(
                     elif grads[input_name] is not None and grads[input_name].abs().sum() > 0:
                         _fail(subject, f"the unary score {name} depends on {input_name}")
             unused[training] = _without_gradient(sum(v.sum() for v in present.values()), discriminator)
-            if not training:
+            if not training and not discriminator.has_batch_statistics:
                 with torch.no_grad():
                     alone = discriminator(x[:1], z[:1])
                 for name, value in present.items():

@@ -7,20 +7,44 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from bifamily.config import in_range, option, positive
+from bifamily.config import in_range, non_negative, option, positive
 from bifamily.context import BuildContext
 from bifamily.interfaces import JointDiscriminator, Scores
 
 from .stages import BOTTOM, stride2_stages, widths
 
 
+class MinibatchStd(nn.Module):
+    """ProGAN's minibatch standard deviation: one feature map appended, constant per group of samples.
+
+    The batch is split into groups of ``group`` samples (sample i in group i mod N/group); within a
+    group the standard deviation of every feature at every position is taken, averaged into one
+    number, and broadcast as an extra channel to each of the group's samples. A generator that draws
+    too little variety gives smaller values than real batches do, which D can score. Where ``group``
+    does not divide the batch, the largest divisor of the batch below it is the group size (a batch
+    of one sees no variety).
+    """
+
+    def __init__(self, group: int):
+        super().__init__()
+        self.group = group
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        n, channels, height, width = h.shape
+        group = next(g for g in range(min(self.group, n), 0, -1) if n % g == 0)
+        grouped = h.reshape(group, n // group, channels, height, width)
+        std = (grouped.var(dim=0, unbiased=False) + 1e-8).sqrt()  # (N/group, C, H, W)
+        per_group = std.mean(dim=(1, 2, 3))  # (N/group,)
+        feature = per_group.repeat(group).reshape(n, 1, 1, 1).expand(n, 1, height, width)
+        return torch.cat([h, feature.to(h.dtype)], dim=1)
+
+
 class DCGANJointDiscriminator(JointDiscriminator):
     """F(x): [Conv 4x4 s2, LeakyReLU(0.2), Dropout]* down to 4x4, flattened; H(z): 2-layer MLP;
     J: 2-layer MLP on [F(x), H(z)]. s_xz = linear(J), and with ``unary`` s_x = linear(F(x)),
-    s_z = linear(H(z)) as in BigBiGAN. No batch norm, so real and fake pairs may share a batch.
+    s_z = linear(H(z)) as in BigBiGAN. No batch norm, so real and fake pairs may share a batch,
+    unless ``minibatch_std`` appends a per-group statistic to F(x)'s last map.
     """
-
-    has_batch_statistics = False
 
     def __init__(
         self,
@@ -34,8 +58,10 @@ class DCGANJointDiscriminator(JointDiscriminator):
         dropout: float,
         unary: bool,
         normalise: bool,
+        minibatch_std: int = 0,
     ):
         super().__init__()
+        self.has_batch_statistics = minibatch_std > 0
         self.latent_dim = latent_dim
         self.resolution = resolution
         self.channels = channels
@@ -51,8 +77,10 @@ class DCGANJointDiscriminator(JointDiscriminator):
         convs: list[nn.Module] = []
         for width_in, width_out in zip([channels, *hidden], hidden):
             convs += [layer(nn.Conv2d(width_in, width_out, 4, stride=2, padding=1)), *activation()]
+        if minibatch_std:
+            convs.append(MinibatchStd(minibatch_std))
         self.image_path = nn.Sequential(*convs, nn.Flatten())
-        image_dim = hidden[-1] * BOTTOM * BOTTOM
+        image_dim = (hidden[-1] + (minibatch_std > 0)) * BOTTOM * BOTTOM
         self.latent_path = nn.Sequential(
             layer(nn.Linear(latent_dim, z_width)),
             *activation(),
@@ -116,6 +144,17 @@ class DCGANDiscriminatorConfig:
         True,
         help="Spectral normalisation of every conv and linear layer (a power iteration per call).",
     )
+    minibatch_std: int = option(
+        0,
+        help=(
+            "Group size of ProGAN's minibatch standard deviation: the image path's last map gains one "
+            "channel holding the mean feature standard deviation over each group of samples, so D "
+            "sees how varied a batch is (against mode dropping); real and fake pairs then go "
+            "through D in separate calls. Groups form within each rank's micro-batch, so the "
+            "number of ranks and train.accumulation change them. 0 = off; ProGAN and StyleGAN use 4."
+        ),
+        validator=non_negative,
+    )
 
     def build(self, ctx: BuildContext) -> DCGANJointDiscriminator:
         return DCGANJointDiscriminator(
@@ -129,4 +168,5 @@ class DCGANDiscriminatorConfig:
             dropout=self.dropout,
             unary=self.unary,
             normalise=self.spectral_norm,
+            minibatch_std=self.minibatch_std,
         )

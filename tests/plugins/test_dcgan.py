@@ -15,7 +15,9 @@ from bifamily.config import structure
 from bifamily.context import BuildContext
 from bifamily.errors import RecipeError
 from bifamily.interfaces import EncoderBackbone, Generator, JointDiscriminator, Scores
+from bifamily.step_modules import ScorePairs
 from bifamily_dcgan import DCGANDiscriminatorConfig, DCGANEncoderConfig, DCGANGeneratorConfig
+from bifamily_dcgan.discriminator import MinibatchStd
 
 LATENT = 5
 TINY_G = DCGANGeneratorConfig(ch=4, max_ch=16)
@@ -126,6 +128,44 @@ def test_scores_are_differentiable_in_their_inputs(score: str) -> None:
     # The joint score sees both inputs, each unary score only its own.
     expected = {"s_x": (True, False), "s_z": (False, True), "s_xz": (True, True)}[score]
     assert (reaches_x, reaches_z) == expected
+
+
+def test_minibatch_std_appends_each_groups_mean_feature_std() -> None:
+    h = seeded_images(8, 3, 4)
+    out = MinibatchStd(group=4)(h)
+    assert out.shape == (8, 4, 4, 4) and torch.equal(out[:, :3], h)
+    # Sample i belongs to group i mod 2; its feature is the group's std (biased, + 1e-8 under the
+    # root) averaged over channels and positions, the same at every position.
+    for members in ([0, 2, 4, 6], [1, 3, 5, 7]):
+        expected = (h[members].var(dim=0, unbiased=False) + 1e-8).sqrt().mean()
+        assert torch.allclose(out[members, 3], expected.expand(4, 4, 4), atol=1e-6)
+
+
+@pytest.mark.parametrize(("n", "group"), [(6, 3), (5, 1), (2, 2), (1, 1)])
+def test_minibatch_std_groups_by_the_largest_divisor_of_the_batch_up_to_its_size(n: int, group: int) -> None:
+    h = seeded_images(n, 2, 4)
+    expected = (h.reshape(group, n // group, 2, 4, 4).var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))
+    assert torch.allclose(MinibatchStd(group=4)(h)[:, 2, 0, 0], expected.repeat(group), atol=1e-6)
+
+
+def test_minibatch_std_lets_d_score_a_sample_by_its_batchs_variety() -> None:
+    D = attrs.evolve(TINY_D, minibatch_std=4).build(context(16))
+    assert D.has_batch_statistics and not TINY_D.build(context(16)).has_batch_statistics
+    D.eval()  # fixed spectral norms: no power iteration between the two calls
+    x, z = seeded_images(8, 3, 16), torch.randn(8, LATENT)
+    varied = D(x, z)
+    collapsed = D(torch.cat([x[:1], x[:1].expand(7, -1, -1, -1)]), z)
+    # Sample 0 and its latent are unchanged; only the rest of its batch lost its variety.
+    assert not torch.allclose(varied.s_x[0], collapsed.s_x[0])
+    assert torch.equal(varied.s_z, collapsed.s_z)
+
+
+def test_with_minibatch_std_real_and_fake_pairs_are_scored_apart() -> None:
+    pairs = ScorePairs(attrs.evolve(TINY_D, minibatch_std=4).build(context(16))).eval()
+    x, z_hat, z = seeded_images(8, 3, 16), torch.randn(8, LATENT), torch.randn(8, LATENT)
+    real, _ = pairs(x, z_hat, seeded_images(8, 3, 16) * 0.1, z)
+    real_again, _ = pairs(x, z_hat, torch.zeros(8, 3, 16, 16), z)
+    assert all(torch.equal(a, b) for a, b in zip(real, real_again))
 
 
 def test_dropout_acts_in_training_mode_only() -> None:

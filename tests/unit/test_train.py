@@ -70,6 +70,22 @@ def test_a_simultaneous_step_takes_each_gradient_from_one_forward_pass_of_the_sa
         torch.testing.assert_close(g, e)
 
 
+def test_a_discriminator_with_batch_statistics_scores_real_and_fake_pairs_in_separate_calls(tmp_path):
+    def d_batch_sizes(minibatch_std: int) -> list[int]:
+        recipe = load(QUICKSTART, load_plugins(), [*TINY, f"discriminator.minibatch_std={minibatch_std}"])
+        prepared = prepare(recipe)
+        trainer = make_trainer(prepared, tmp_path / str(minibatch_std), progress=False)
+        sizes = []
+        prepared.model.discriminator.register_forward_hook(lambda _, inputs, __: sizes.append(len(inputs[0])))
+        d_stats, ge_stats = trainer.train_step()
+        assert all(torch.isfinite(v).all() for v in [*d_stats.values(), *ge_stats.values()])
+        return sizes
+
+    # Two D updates and one G+E update at batch 4: one call on 8 pairs each, or two calls on 4.
+    assert d_batch_sizes(0) == [8, 8, 8]
+    assert d_batch_sizes(4) == [4] * 6
+
+
 def test_ema_update_averages_weights_and_copies_buffers():
     torch.manual_seed(0)
     live = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))

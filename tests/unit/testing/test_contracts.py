@@ -126,9 +126,11 @@ def test_encoder_features_at_a_higher_encoder_resolution(name: str, features_dim
     assert encoder.resolution == 64
 
 
-@pytest.mark.parametrize("unary", [True, False])
-def test_dcgan_discriminator(unary: bool) -> None:
-    config = component_config("discriminator", "dcgan", **DISCRIMINATORS["dcgan"], unary=unary)
+@pytest.mark.parametrize(("unary", "minibatch_std"), [(True, 0), (False, 0), (True, 2)])
+def test_dcgan_discriminator(unary: bool, minibatch_std: int) -> None:
+    config = component_config(
+        "discriminator", "dcgan", **DISCRIMINATORS["dcgan"], unary=unary, minibatch_std=minibatch_std
+    )
     check_discriminator(config, CTX, scores=("s_x", "s_z", "s_xz") if unary else ("s_xz",))
 
 
@@ -381,6 +383,16 @@ class ColumnDiscriminator(LinearDiscriminator):
         return Scores(None, None, super().forward(x, z).s_xz.unsqueeze(1))
 
 
+class BatchMixingDiscriminator(LinearDiscriminator):
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> Scores:
+        scores = super().forward(x, z)
+        return scores._replace(s_x=scores.s_x + x.flatten(1).std(dim=0).mean())
+
+
+class DeclaredBatchMixingDiscriminator(BatchMixingDiscriminator):
+    has_batch_statistics = True
+
+
 class HiddenBatchNormDiscriminator(LinearDiscriminator):
     def __init__(self, ctx: BuildContext):
         super().__init__(ctx)
@@ -393,12 +405,17 @@ class HiddenBatchNormDiscriminator(LinearDiscriminator):
         (LeakyUnaryDiscriminator, None, "the unary score s_x depends on z"),
         (ColumnDiscriminator, None, r"score s_xz in training mode has shape \(3, 1\), expected \(3,\)"),
         (HiddenBatchNormDiscriminator, None, "has_batch_statistics = False but 'norm' is a batch norm layer"),
+        (BatchMixingDiscriminator, None, "evaluation mode, score s_x of a sample changes with the rest of its batch"),
         (LinearDiscriminator, ("s_xz",), r"returned scores \['s_x', 's_xz', 's_z'\], expected exactly \['s_xz'\]"),
     ],
 )
 def test_check_discriminator_names_what_broke(make: type, scores: tuple[str, ...] | None, message: str) -> None:
     with pytest.raises(AssertionError, match=message):
         check_discriminator(Makes(make), CTX, scores=scores)
+
+
+def test_a_discriminator_that_declares_batch_statistics_may_mix_samples() -> None:
+    check_discriminator(Makes(DeclaredBatchMixingDiscriminator), CTX)
 
 
 class SummedHingeLoss(Loss):
