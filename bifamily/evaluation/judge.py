@@ -148,10 +148,13 @@ class Verdicts:
         """Share of images given some class with probability >= ``confidence``."""
         return float((self.probabilities.max(dim=1).values >= confidence).float().mean())
 
+    def class_counts(self) -> list[int]:
+        """How many images the judge predicts (argmax) for each class."""
+        return torch.bincount(self.probabilities.argmax(dim=1), minlength=self.probabilities.shape[1]).tolist()
+
     def coverage(self) -> float:
         """Normalised entropy of the predicted-class histogram."""
-        counts = torch.bincount(self.probabilities.argmax(dim=1), minlength=self.probabilities.shape[1])
-        return coverage(counts.tolist())
+        return coverage(self.class_counts())
 
     def accuracy(self, labels: Tensor) -> float:
         return float((self.probabilities.argmax(dim=1) == labels).float().mean())

@@ -46,7 +46,7 @@ class JudgeConfig:
     histogram, 1 = every class equally often), both also for the real images (_real), the ratio
     judge_recognisable_ratio, judge_fd and judge_kid (Fréchet distance and KID of the judge's penultimate
     features, samples against the real images), judge_accuracy (the judge's top-1 on the real images).
-    Needs labels."""
+    The record's settings hold the samples' class histogram (sample_classes). Needs labels."""
 
     samples: int = option(2000, help="Generated images scored (at least 2).", validator=positive)
     real_images: int = option(
@@ -101,6 +101,7 @@ class _Reference:
     settings: dict[str, Any]
     real: Verdicts
     accuracy: float
+    class_names: list[str]
 
 
 @attrs.define(eq=False)
@@ -159,6 +160,7 @@ class JudgeMetric:
             "judge_fingerprint": reference.fingerprint,
             "kid_subsets": c.kid_subsets,
             "kid_subset_size": subset,
+            "sample_classes": dict(zip(reference.class_names, generated.class_counts())),
         }
         return MetricResult(values, settings)
 
@@ -196,14 +198,14 @@ class JudgeMetric:
         judge = judge.to(subject.device)
         real = judge_images(judge, real_images, subject.batch_size, subject.device)
         accuracy = real.accuracy(real_labels)
+        class_names = list(getattr(train, "class_names", [str(k) for k in range(num_classes)]))
         if trained:
-            class_names = list(getattr(train, "class_names", [str(k) for k in range(num_classes)]))
             save_judge(path, judge, fingerprint, settings, class_names, accuracy, len(real_images))
             _notes.info(
                 f"sample judge trained in {seconds:.1f} s on {train_count} images "
                 f"(held-out accuracy {100 * accuracy:.1f}%), cached in {path}"
             )
-        self._reference = _Reference(judge, fingerprint, settings, real, accuracy)
+        self._reference = _Reference(judge, fingerprint, settings, real, accuracy, class_names)
         return self._reference
 
 
