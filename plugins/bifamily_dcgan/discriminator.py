@@ -21,7 +21,7 @@ class MinibatchStd(nn.Module):
     group the standard deviation of every feature at every position is taken, averaged into one
     number, and broadcast as an extra channel to each of the group's samples. A generator that draws
     too little variety gives smaller values than real batches do, which D can score. Where ``group``
-    does not divide the batch, the largest divisor of the batch below it is the group size (a batch
+    does not divide the batch, the batch's largest divisor below ``group`` is the group size (a batch
     of one sees no variety).
     """
 
