@@ -1,10 +1,10 @@
 """The built-in data set: coloured shapes rendered on the fly, nothing on disk, nothing downloaded.
 
 An item is a shape (its label) at a random position, size and rotation, in a random foreground colour
-on a random background colour with at least a fixed luminance contrast (or, as an option, a light
-shape on a dark background), plus mild pixel noise. Every
-random number of item ``i`` is a hash of (seed, split, i), so an item never changes, whatever batch
-or worker draws it, and the train and test splits never share an item's parameters.
+on a random background colour with at least a fixed luminance contrast (or, as options, a light
+shape on a dark background, or light on dark and dark on light in equal shares), plus mild pixel
+noise. Every random number of item ``i`` is a hash of (seed, split, i), so an item never changes,
+whatever batch or worker draws it, and the train and test splits never share an item's parameters.
 
 Rendering is vectorised over a batch: the items are sorted by class and each class's run is drawn
 with one call of its signed distance function, whose value gives anti-aliased pixel coverage.
@@ -36,14 +36,15 @@ MIN_CONTRAST = 0.35  # |luminance(fg) - luminance(bg)|, colours in [0, 1]
 NOISE_STD = 0.03  # in [0, 1] colour units
 NOISE_TILES = 8  # noise comes from a small seeded bank of double-size tiles, cropped per item
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
-COLOUR_SCHEMES = ("contrasting", "light_on_dark")
+COLOUR_SCHEMES = ("contrasting", "light_on_dark", "light_or_dark")
 _SPLIT_IDS = {"train": 0, "test": 1}
 
 # Columns of an item's uniforms.
 _SIZE, _X, _Y, _ANGLE = 0, 1, 2, 3
 _FG, _BG = slice(4, 7), slice(7, 10)
 _TILE, _NOISE_X, _NOISE_Y = 10, 11, 12
-_COLUMNS = 13
+_POLARITY = 13
+_COLUMNS = 14
 
 
 class ProceduralShapes(Dataset):
@@ -133,8 +134,14 @@ class ProceduralShapes(Dataset):
     def _colours(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, C) foreground and background colours in [0, 1] with enough luminance contrast."""
         foreground, background = u[:, _FG], u[:, _BG]
-        if self.colours == "light_on_dark":
+        if self.colours != "contrasting":
             foreground, background = 0.5 + 0.5 * foreground, 0.25 * background
+            if self.colours == "light_or_dark":
+                dark = (u[:, _POLARITY] < 0.5)[:, None]
+                foreground, background = (
+                    torch.where(dark, background, foreground),
+                    torch.where(dark, foreground, background),
+                )
             if self.channels == 1:
                 return (foreground @ _LUMA)[:, None], (background @ _LUMA)[:, None]
             return foreground, background
@@ -210,7 +217,9 @@ class ProceduralConfig:
         help=(
             "'contrasting': random foreground and background colours with a luminance contrast of at "
             f"least {MIN_CONTRAST}, the shape lighter or darker; 'light_on_dark': every channel of the "
-            "foreground in [0.5, 1] and of the background in [0, 0.25] (an easier data set)."
+            "foreground in [0.5, 1] and of the background in [0, 0.25] (an easier data set); "
+            "'light_or_dark': the same two colour bands, the shape light on dark or, for half the "
+            "images, dark on light."
         ),
         validator=one_of(*COLOUR_SCHEMES),
     )

@@ -233,6 +233,22 @@ def test_procedural_light_on_dark_draws_light_shapes_on_dark_backgrounds(channel
     assert corners.max() < 2 * 0.25 - 1 + 0.2  # background plus noise, in [-1, 1] units
 
 
+def test_procedural_light_or_dark_swaps_the_bands_for_about_half_the_items() -> None:
+    u = uniforms(0, torch.arange(400), 14)
+    light = ProceduralConfig(colours="light_on_dark").build(ctx(32), "train")
+    either = ProceduralConfig(colours="light_or_dark").build(ctx(32), "train")
+    light_fg, light_bg = light._colours(u)
+    fg, bg = either._colours(u)
+    dark = u[:, 13] < 0.5
+    assert 160 < int(dark.sum()) < 240
+    assert torch.equal(fg[~dark], light_fg[~dark]) and torch.equal(bg[~dark], light_bg[~dark])
+    assert torch.equal(fg[dark], light_bg[dark]) and torch.equal(bg[dark], light_fg[dark])
+    images, _ = items(either, range(40))  # corners show the background: dark or light, never between
+    corners = images[:, :, [0, 0, -1, -1], [0, -1, 0, -1]].mean((1, 2))
+    assert ((corners < 2 * 0.25 - 1 + 0.1) | (corners > 2 * 0.5 - 1 - 0.1)).all()
+    assert (corners < 0).any() and (corners > 0).any()
+
+
 def test_procedural_colour_scheme_and_placement_are_checked() -> None:
     with pytest.raises(RecipeError, match=r"^\$\.data\.colours: must be one of"):
         structure({"colours": "pastel"}, ProceduralConfig, "$.data")
