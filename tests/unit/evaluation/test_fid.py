@@ -212,7 +212,7 @@ def test_reference_statistics_are_cached_by_key(tmp_path):
     key = {"dataset": "noise", "resolution": 8}
     mu, sigma, features = reference_stats(NoiseImages(), network, 30, tmp_path, key, batch_size=16)
     assert network.calls == 2 and features.shape == (30, 8) and features.dtype == np.float32
-    np.testing.assert_allclose(mu, features.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(mu, features.astype(np.float64).mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(sigma, np.cov(features.astype(np.float64), rowvar=False), rtol=1e-6)
     again = reference_stats(NoiseImages(), network, 30, tmp_path, key, batch_size=16)
     assert network.calls == 2
