@@ -39,11 +39,16 @@ class Grid:
 
 @attrs.frozen
 class MetricResult:
-    """Named values, the settings that make them comparable, and optional image grids."""
+    """Named values, the settings that make them comparable, and optional image grids and details.
+
+    ``details`` holds results that are not single numbers (a class histogram): written to the record
+    beside the values, never plotted, and not part of the settings, which say how values were computed.
+    """
 
     values: dict[str, float]
     settings: dict[str, Any]
     images: dict[str, Grid] = attrs.field(factory=dict)
+    details: dict[str, Any] = attrs.field(factory=dict)
 
 
 @attrs.define(eq=False)

@@ -30,7 +30,7 @@ from bifamily.rundir import EVAL_GRIDS, METRICS_FILE, RunWriter
 if TYPE_CHECKING:  # importing it loads clean-fid, which takes seconds
     from bifamily.evaluation.feature_networks import FeatureNetwork
 
-_RESERVED_VALUE_NAMES = {"step", "metric", "settings"}
+_RESERVED_VALUE_NAMES = {"step", "metric", "settings", "details"}
 
 
 @attrs.frozen
@@ -42,7 +42,8 @@ class Record:
     result: MetricResult
 
     def to_json(self) -> dict[str, Any]:
-        return {"step": self.step, "metric": self.metric, **self.result.values, "settings": self.result.settings}
+        record = {"step": self.step, "metric": self.metric, **self.result.values, "settings": self.result.settings}
+        return {**record, "details": self.result.details} if self.result.details else record
 
 
 # -- building ---------------------------------------------------------------------------------------

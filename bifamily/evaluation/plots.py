@@ -16,7 +16,7 @@ from torch import nn
 from bifamily.errors import BifamilyError
 from bifamily.rundir import RunDir
 
-_NOT_VALUES = {"step", "metric", "settings", "images_per_s"}
+_NOT_VALUES = {"step", "metric", "settings", "details", "images_per_s"}
 _MIN_TILE = 32
 Series = dict[str, dict[str, list[tuple[int, float]]]]
 

@@ -88,13 +88,15 @@ class Report:
 
     def record(self) -> dict[str, Any]:
         """One metrics.jsonl record: every value, the compared ones also at initialisation (suffix ``_init``),
-        and each metric's settings (the same for both encoders)."""
+        and each metric's settings (the same for both encoders) and details (the trained weights')."""
         record: dict[str, Any] = {"step": self.step, "metric": REPORT_RECORD}
         for name, trained in self.trained.items():
             record.update(trained.result.values)
             if name in self.initial:
                 record.update({f"{key}{INITIAL}": value for key, value in self.initial[name].result.values.items()})
-        return {**record, "settings": {name: r.result.settings for name, r in self.trained.items()}}
+        record["settings"] = {name: r.result.settings for name, r in self.trained.items()}
+        details = {name: r.result.details for name, r in self.trained.items() if r.result.details}
+        return {**record, "details": details} if details else record
 
     def lines(self) -> list[str]:
         """Each metric's line: its ``report_line`` where it has one, else its values."""

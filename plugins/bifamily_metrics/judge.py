@@ -46,7 +46,7 @@ class JudgeConfig:
     histogram, 1 = every class equally often), both also for the real images (_real), the ratio
     judge_recognisable_ratio, judge_fd and judge_kid (Fréchet distance and KID of the judge's penultimate
     features, samples against the real images), judge_accuracy (the judge's top-1 on the real images).
-    The record's settings hold the samples' class histogram (sample_classes). Needs labels."""
+    The record's details hold the samples' class histogram (sample_classes). Needs labels."""
 
     samples: int = option(2000, help="Generated images scored (at least 2).", validator=positive)
     real_images: int = option(
@@ -160,9 +160,9 @@ class JudgeMetric:
             "judge_fingerprint": reference.fingerprint,
             "kid_subsets": c.kid_subsets,
             "kid_subset_size": subset,
-            "sample_classes": dict(zip(reference.class_names, generated.class_counts())),
         }
-        return MetricResult(values, settings)
+        details = {"sample_classes": dict(zip(reference.class_names, generated.class_counts()))}
+        return MetricResult(values, settings, details=details)
 
     def report_line(self, values: dict[str, float], initial: dict[str, float] | None) -> str:
         return (

@@ -121,12 +121,12 @@ def test_real_images_are_judged_above_blurred_ones_above_noise(judged):
         assert value["judge_recognisable_ratio"] == value["judge_recognisable"] / value["judge_recognisable_real"]
 
 
-def test_the_settings_record_how_many_samples_the_judge_puts_in_each_class(judged, splits, held_out):
+def test_the_details_record_how_many_samples_the_judge_puts_in_each_class(judged, splits, held_out):
     cache, _ = judged
     images, labels = held_out
     rings = images[labels == 1]
     only_rings = rings.repeat(-(-200 // len(rings)), 1, 1, 1)[:200]  # a generator that drew one class
-    counts = metric(cache, confidence=0.5).compute(subject(splits, only_rings)).settings["sample_classes"]
+    counts = metric(cache, confidence=0.5).compute(subject(splits, only_rings)).details["sample_classes"]
     assert list(counts) == ["disk", "ring", "triangle", "square"] and sum(counts.values()) == 200
     assert counts["ring"] >= 150, counts
 

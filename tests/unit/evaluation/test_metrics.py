@@ -17,6 +17,7 @@ from bifamily.context import BuildContext
 from bifamily.errors import DataError, RecipeError
 from bifamily.evaluation.best import BestSnapshot
 from bifamily.evaluation.metrics import Record, best_direction, build_metrics, data_key, evaluate, format_table
+from bifamily.evaluation.plots import metric_labels
 from bifamily.evaluation.runner import Report
 from bifamily.hookspecs import hookimpl
 from bifamily.interfaces import LatentPrior, Posterior
@@ -170,6 +171,24 @@ def test_the_report_record_pairs_compared_values_with_their_init_twins_and_print
         "settings": {"constant": {"value": 0.25}, "extra": {"n": 1}},
     }
     assert report.lines() == ["constant: constant 0.25", "extra: extra_value 2"]
+
+
+def test_details_go_beside_the_values_in_records_and_the_report_and_do_not_split_plotted_series():
+    def judged(step: int, histogram: dict[str, int]) -> Record:
+        return Record(step, "judge", MetricResult({"judge_coverage": 0.5}, {"samples": 8}, details={"classes": histogram}))
+
+    early, late = judged(1, {"disk": 8}), judged(2, {"disk": 4, "ring": 4})
+    assert late.to_json() == {
+        "step": 2, "metric": "judge", "judge_coverage": 0.5, "settings": {"samples": 8},
+        "details": {"classes": {"disk": 4, "ring": 4}},
+    }
+    report = Report(2, {"judge": late}, {}, {"judge": ConstantMetric(0.5)}).record()
+    assert report["details"] == {"judge": {"classes": {"disk": 4, "ring": 4}}}
+    assert report["settings"] == {"judge": {"samples": 8}}
+    same_settings = [early.to_json(), late.to_json()]
+    assert [metric_labels(same_settings)(record) for record in same_settings] == ["judge", "judge"]
+    other_settings = [*same_settings, {**early.to_json(), "settings": {"samples": 16}}]
+    assert [metric_labels(other_settings)(record) for record in other_settings] == ["judge #1", "judge #1", "judge #2"]
 
 
 def test_probe_and_knn_separate_separable_classes_and_record_their_protocol(plugins):
