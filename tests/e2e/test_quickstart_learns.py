@@ -1,10 +1,9 @@
 """The quickstart as shipped learns, and reports how recognisable its samples are.
 
-Slow: the whole recipe, about 4 minutes on 2 cores in fp32. On the shipped seed the EMA encoder
-gained +13.2 probe points and +5.9 k-NN points over its initialisation on 2 threads (docs/results.md,
-"The quickstart", has four seeds: +9.5 to +13.2, and one thread per run gives other trajectories);
-the test asks for +8 and a better k-NN, and for the judge's figures next to those of real held-out
-images in the end-of-run report.
+Slow: the whole recipe, about 2 to 4 minutes on 2 cores. In fp32 on 2 threads the EMA encoder gained
++12.6 to +15.9 probe points over its initialisation on seeds 0-3 (docs/results.md, "The quickstart";
+one thread per run or bf16 gives other trajectories); the test asks for +10 on the shipped seed and a
+better k-NN, and for the judge's figures next to those of real held-out images in the end-of-run report.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ def test_the_quickstart_beats_its_initialisation_and_reports_the_judge(tmp_path)
     (report,) = [record for record in records if record["metric"] == "report"]
     steps = tomllib.loads(QUICKSTART.read_text())["run"]["steps"]
     assert report["step"] == steps
-    assert report["probe_top1"] - report["probe_top1_init"] >= 0.08, report
+    assert report["probe_top1"] - report["probe_top1_init"] >= 0.10, report
     assert report["knn_top1"] > report["knn_top1_init"], report
     assert 0 <= report["judge_recognisable"] <= 1 and report["judge_recognisable_real"] > 0, report
     assert 0 <= report["judge_coverage"] <= 1, report
