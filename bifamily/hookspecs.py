@@ -96,8 +96,9 @@ def bifamily_register_metrics(register: Register) -> None:
     values a run may keep its best checkpoint by), ``needs_labels``, and ``compute(subject)`` returning
     a :class:`bifamily.metric_interfaces.MetricResult` (values, the settings that make them
     comparable, optional image grids, and optional details: results that are not single numbers, such
-    as a class histogram, written to the record but never plotted or compared), and optionally ``report_line(values, initial)``, its line in the
-    end-of-run report. The config class docstring is the metric's documented protocol.
+    as a class histogram, written to the record but never plotted or compared), and optionally
+    ``report_line(values, initial)``, its line in the end-of-run report. The config class docstring
+    is the metric's documented protocol.
     """
 
 

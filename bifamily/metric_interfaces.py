@@ -5,9 +5,8 @@ A metric is registered by a plugin (``bifamily_register_metrics``) as a config c
 EMA generator and encoder of a model with its prior and data. Each computation gives a
 :class:`MetricResult`: named values, the settings that make them comparable (sample counts, splits,
 feature network, resizer), optional image grids and optional details (results that are not single
-numbers). Recording results (``metrics.jsonl``) and building
-metrics from a recipe are :mod:`bifamily.evaluation.metrics`' job; this module knows neither recipes
-nor the plugin registry.
+numbers). Recording results (``metrics.jsonl``) and building metrics from a recipe are
+:mod:`bifamily.evaluation.metrics`' job; this module knows neither recipes nor the plugin registry.
 """
 
 from __future__ import annotations
